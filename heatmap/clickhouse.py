@@ -1,0 +1,150 @@
+"""ClickHouse connections and schema migrations.
+
+One code path for both engines: ``chdb:///path`` (the ClickHouse engine
+in-process, through clickhouse-connect's chDB backend) and
+``http(s)://user:pass@host:8123/db`` (a server). The SQL is identical.
+
+chDB facts that shape callers (see DESIGN.md): one process opens one chDB path,
+a second process on the same path fails with a lock error; the async client
+does not take ``chdb://``, so async code calls the sync client through
+``asyncio.to_thread``; one client is thread-safe but serialises calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from heatmap.settings import ClickHouseSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ClickHouseUnavailable(ConnectionError):
+    """ClickHouse could not be reached or refused the operation for a transient reason."""
+
+
+def is_chdb(url: str) -> bool:
+    return urlsplit(url).scheme == "chdb"
+
+
+def connect(settings: ClickHouseSettings, *, database: str | None = None) -> Client:
+    """A client bound to ``database`` (default: the configured one)."""
+    if not settings.url:
+        raise ValueError("ClickHouse URL is not configured")
+    db = database if database is not None else settings.database
+    session_settings: dict[str, Any] = {"max_execution_time": settings.max_execution_time_s}
+    try:
+        if is_chdb(settings.url):
+            return clickhouse_connect.get_client(
+                dsn=settings.url, database=db, settings=session_settings
+            )
+        return clickhouse_connect.get_client(
+            dsn=settings.url,
+            database=db,
+            settings=session_settings,
+            connect_timeout=5,
+            send_receive_timeout=max(30, int(settings.max_execution_time_s) + 5),
+            autogenerate_session_id=False,
+        )
+    except Exception as e:
+        raise ClickHouseUnavailable(f"cannot connect to ClickHouse: {e}") from e
+
+
+# -------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    checksum: str
+
+
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+def load_migrations() -> list[Migration]:
+    """The versioned DDL files in ``schemas/clickhouse``, in order."""
+    found = []
+    for entry in resources.files("schemas").joinpath("clickhouse").iterdir():
+        match = _FILE.match(entry.name)
+        if not match:
+            continue
+        text = entry.read_text(encoding="utf-8")
+        found.append(
+            Migration(
+                version=int(match.group(1)),
+                name=match.group(2),
+                statements=split_statements(text),
+                checksum=hashlib.sha256(text.encode()).hexdigest()[:16],
+            )
+        )
+    return sorted(found, key=lambda m: m.version)
+
+
+def split_statements(sql: str) -> tuple[str, ...]:
+    """Statements of a DDL file: ``--`` comment lines dropped, split on ``;``.
+
+    The DDL files keep ``;`` out of string literals so this stays this simple.
+    """
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    return tuple(s.strip() for s in "\n".join(lines).split(";") if s.strip())
+
+
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations
+(
+    version    UInt32   COMMENT 'Migration number (file prefix)',
+    name       String   COMMENT 'Migration file name without prefix and .sql',
+    checksum   String   COMMENT 'sha256 prefix of the file applied',
+    applied_at DateTime('UTC') DEFAULT now() COMMENT 'When heatmap migrate applied it'
+)
+ENGINE = MergeTree ORDER BY version
+COMMENT 'Schema migrations applied by heatmap migrate'
+"""
+
+
+def migrate(settings: ClickHouseSettings) -> list[str]:
+    """Create the database and apply pending migrations; idempotent.
+
+    Returns the names applied by this call (empty when already current).
+    """
+    admin = connect(settings, database="default")
+    try:
+        admin.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(settings.database)}")
+    finally:
+        admin.close()
+    client = connect(settings)
+    try:
+        client.command(_LEDGER)
+        done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+        applied = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            for statement in migration.statements:
+                client.command(statement)
+            client.insert(
+                "schema_migrations",
+                [[migration.version, migration.name, migration.checksum]],
+                column_names=["version", "name", "checksum"],
+            )
+            applied.append(f"{migration.version:03d}_{migration.name}")
+            logger.info("applied migration %03d_%s", migration.version, migration.name)
+        return applied
+    finally:
+        client.close()
+
+
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"

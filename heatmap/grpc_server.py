@@ -1,0 +1,182 @@
+"""gRPC server scaffolding shared by the gateway and the query service.
+
+``ServiceInterceptor`` runs around every HeatmapService handler: it
+authenticates the bearer token, checks the method's permission, exposes the
+caller through ``heatmap.auth.current_principal()``, maps domain errors to
+gRPC status (one place), and records latency metrics. ``new_server`` builds a
+``grpc.aio`` server with health and reflection registered; ``serve_forever``
+runs it until SIGTERM/SIGINT and drains in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from heatmap.auth import Authenticator, authorize, is_protected, reset_principal, set_principal
+from heatmap.errors import HeatmapError, to_rpc_status
+from schemas.heatmap.v1 import heatmap_pb2
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = heatmap_pb2.DESCRIPTOR.services_by_name["HeatmapService"].full_name
+
+
+class RpcMetrics:
+    """Per-method RPC metrics, registered in the registry given."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "heatmap_rpc_duration_seconds",
+            "Server-side RPC latency",
+            ["method", "code"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.in_flight = Gauge(
+            "heatmap_rpc_in_flight", "RPCs being handled", ["method"], registry=registry
+        )
+        self.errors = Counter(
+            "heatmap_rpc_errors_total",
+            "RPCs that ended with a non-OK code",
+            ["method", "code"],
+            registry=registry,
+        )
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticator: Authenticator, metrics: RpcMetrics | None = None) -> None:
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or handler.unary_unary is None or not is_protected(method):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(
+        self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        short = method.rsplit("/", 1)[-1]
+        metrics = self._metrics
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            if metrics:
+                metrics.in_flight.labels(short).inc()
+            try:
+                principal = self._auth.authenticate(context.invocation_metadata())
+                authorize(principal, method)
+                token = set_principal(principal)
+                try:
+                    return await inner(request, context)
+                finally:
+                    reset_principal(token)
+            except HeatmapError as e:
+                code = e.code
+                if code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED):
+                    logger.warning("%s failed: %s %s", short, code.name, e)
+                await context.abort_with_status(rpc_status.to_status(to_rpc_status(e)))
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as e:
+                if isinstance(e, grpc.aio.AbortError):
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                code = grpc.StatusCode.INTERNAL
+                logger.exception("%s crashed", short)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                if metrics:
+                    metrics.in_flight.labels(short).dec()
+                    metrics.latency.labels(short, code.name).observe(time.perf_counter() - started)
+                    if code != grpc.StatusCode.OK:
+                        metrics.errors.labels(short, code.name).inc()
+
+        return behavior
+
+
+def new_server(
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],
+    max_message_bytes: int,
+    register: Sequence[Callable[[grpc.aio.Server], None]],
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with health (NOT_SERVING until ``set_serving``) and reflection."""
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for add in register:
+        add(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server, health_servicer
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind an insecure port (TLS terminates at the router); returns the bound port."""
+    bound: int = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    return bound
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def drain(
+    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, grace_s: float
+) -> None:
+    """Stop accepting calls, let in-flight ones finish within ``grace_s``."""
+    await set_serving(health_servicer, False)
+    await server.stop(grace_s)

@@ -1,0 +1,1 @@
+"""The ingest gateway: IngestTouchEvents -> validated columnar batches on Kafka."""

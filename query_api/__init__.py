@@ -1,0 +1,1 @@
+"""The query service: heatmap queries, screenshots and rendered overlays."""

@@ -1,0 +1,1 @@
+"""Data contracts: the gRPC API, the Kafka message format and the ClickHouse DDL."""

@@ -1,0 +1,1 @@
+"""Stream workers: Kafka touch batches -> grid-cell aggregates in ClickHouse, exactly once."""

@@ -1,0 +1,117 @@
+"""The shared interceptor over a real gRPC channel: codes, BadRequest details, principal."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import _async as rpc_status_async
+
+from heatmap.auth import VIEW_HEATMAPS, Authenticator, current_principal, mint_token
+from heatmap.errors import FieldViolation, InvalidArgument
+from heatmap.grpc_server import ServiceInterceptor, bind, new_server, set_serving
+from heatmap.settings import AuthSettings
+from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
+from tests.conftest import TEST_JWT_SECRET
+
+
+class EchoService(heatmap_pb2_grpc.HeatmapServiceServicer):
+    """Answers with the caller's id so the test sees what reached the handler."""
+
+    async def IngestTouchEvents(
+        self, request: heatmap_pb2.IngestTouchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.IngestTouchEventsResponse:
+        if request.batch_id == "bad":
+            raise InvalidArgument(
+                [
+                    FieldViolation("batch_id", "is bad"),
+                    FieldViolation("events[3].x", "out of range"),
+                ]
+            )
+        return heatmap_pb2.IngestTouchEventsResponse(
+            ingested_count=len(current_principal().user_id)
+        )
+
+    async def ListScreenshots(
+        self, request: heatmap_pb2.ListScreenshotsRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.ListScreenshotsResponse:
+        return heatmap_pb2.ListScreenshotsResponse()
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    auth = Authenticator(AuthSettings(jwt_secret=TEST_JWT_SECRET))
+    server, health = new_server(
+        interceptors=[ServiceInterceptor(auth)],
+        max_message_bytes=1 << 20,
+        register=[
+            lambda s: heatmap_pb2_grpc.add_HeatmapServiceServicer_to_server(EchoService(), s)  # type: ignore[abstract]
+        ],
+    )
+    port = bind(server, "127.0.0.1", 0)
+    await server.start()
+    await set_serving(health, True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield ch
+    await server.stop(0)
+
+
+def md(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def test_principal_reaches_handler(channel: grpc.aio.Channel) -> None:
+    stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+    reply = await stub.IngestTouchEvents(
+        heatmap_pb2.IngestTouchEventsRequest(),
+        metadata=md(mint_token(TEST_JWT_SECRET, "abcdef", [])),
+    )
+    assert reply.ingested_count == len("abcdef")
+
+
+async def test_unauthenticated_and_permission_denied(channel: grpc.aio.Channel) -> None:
+    stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.IngestTouchEvents(heatmap_pb2.IngestTouchEventsRequest())
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as forged:
+        await stub.IngestTouchEvents(
+            heatmap_pb2.IngestTouchEventsRequest(), metadata=md(mint_token("x" * 40, "u"))
+        )
+    assert forged.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.ListScreenshots(
+            heatmap_pb2.ListScreenshotsRequest(screen_name="Home"),
+            metadata=md(mint_token(TEST_JWT_SECRET, "device", [])),
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    ok = await stub.ListScreenshots(
+        heatmap_pb2.ListScreenshotsRequest(screen_name="Home"),
+        metadata=md(mint_token(TEST_JWT_SECRET, "analyst", [VIEW_HEATMAPS])),
+    )
+    assert list(ok.screenshots) == []
+
+
+async def test_invalid_argument_carries_bad_request_details(channel: grpc.aio.Channel) -> None:
+    stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+    call = stub.IngestTouchEvents(
+        heatmap_pb2.IngestTouchEventsRequest(batch_id="bad"),
+        metadata=md(mint_token(TEST_JWT_SECRET, "u", [])),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = await rpc_status_async.from_call(call)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["batch_id", "events[3].x"]
+
+
+async def test_health_needs_no_token(channel: grpc.aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = await stub.Check(health_pb2.HealthCheckRequest(service="heatmap.v1.HeatmapService"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
