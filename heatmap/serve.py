@@ -15,10 +15,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
-from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, start_http_server
 
 from heatmap.auth import Authenticator
@@ -34,8 +33,6 @@ from heatmap.grpc_server import (
 from heatmap.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-HealthServicer = health_aio.HealthServicer
 
 
 class Component(Protocol):
@@ -103,7 +100,7 @@ async def serve(
     logger.info("stopped")
 
 
-async def _watch_health(health: HealthServicer, components: Sequence[Component]) -> None:
+async def _watch_health(health: Any, components: Sequence[Component]) -> None:
     """SERVING exactly while every component reports healthy."""
     last: bool | None = None
     while True:
