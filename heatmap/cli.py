@@ -57,7 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     loadgen.add_argument("--seed", type=int, default=7)
     loadgen.add_argument("--token-secret", default=None)
 
-    sub.add_parser("demo", help="upload sample screenshots, send load, render PNGs")
+    demo = sub.add_parser("demo", help="upload sample screenshots, send load, render PNGs")
+    demo.add_argument("--target", default="127.0.0.1:50051")
+    demo.add_argument("--out", type=Path, default=Path("heatmap-demo"))
+    demo.add_argument("--events", type=int, default=200_000)
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".heatmap-dev"),
+        help="a heatmap dev data dir, to read its JWT secret",
+    )
+    demo.add_argument("--token-secret", default=None)
     return parser
 
 
@@ -121,7 +131,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "demo":
         from heatmap.demo import run as run_demo
 
-        return run_demo(settings)
+        return run_demo(settings, args)
     raise AssertionError(command)
 
 

@@ -1,0 +1,134 @@
+"""``heatmap demo``: sample screenshots, a burst of fleet load, rendered heatmaps.
+
+Talks to a running ``heatmap dev`` (or any deployment) through the public
+gRPC API only: uploads a mock screenshot per screen (buttons drawn where the
+synthetic fleet taps), sends load with ``heatmap.loadgen``, waits until the
+events are queryable, then renders a heatmap PNG per screen into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import time
+from pathlib import Path
+
+import grpc
+from PIL import Image, ImageDraw
+
+from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
+from heatmap.fleet import Fleet, FleetSpec
+from heatmap.loadgen import build_requests, send_load
+from heatmap.settings import Settings, SettingsError
+from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
+
+WIDTH, HEIGHT = 540, 960
+
+
+def mock_screenshot(fleet: Fleet, screen: int) -> bytes:
+    """A phone-screen mock-up with the screen's buttons where the fleet taps them."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), (246, 247, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, WIDTH, 90), fill=(48, 63, 159))
+    draw.text((24, 36), fleet.screen_names[screen], fill=(255, 255, 255))
+    for row in range(6):
+        top = 130 + row * 130
+        draw.rounded_rectangle(
+            (24, top, WIDTH - 24, top + 100), 14, fill=(255, 255, 255), outline=(220, 222, 230)
+        )
+    for i, (bx, by) in enumerate(fleet.buttons[screen]):
+        cx, cy = bx * WIDTH, by * HEIGHT
+        draw.rounded_rectangle((cx - 60, cy - 22, cx + 60, cy + 22), 20, fill=(0, 150, 136))
+        draw.text((cx - 30, cy - 6), f"Button {i + 1}", fill=(255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    secret = args.token_secret or settings.auth.jwt_secret
+    secret_file = Path(args.data_dir) / "dev-jwt-secret"
+    if not secret and secret_file.exists():
+        secret = secret_file.read_text().strip()
+    if not secret:
+        raise SettingsError("HEATMAP_JWT_SECRET (or --token-secret, or a heatmap dev --data-dir)")
+    return asyncio.run(_demo(args.target, secret, Path(args.out), args.events))
+
+
+async def _demo(target: str, secret: str, out: Path, events: int) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    fleet = Fleet(FleetSpec(users=500, screens=6, seed=11))
+    analyst = (
+        (
+            "authorization",
+            "Bearer " + mint_token(secret, "demo-analyst", [VIEW_HEATMAPS, MANAGE_HEATMAPS]),
+        ),
+    )
+    async with grpc.aio.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", 16 << 20),
+            ("grpc.max_receive_message_length", 16 << 20),
+        ],
+    ) as channel:
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+        for screen in range(len(fleet.screen_names)):
+            png = mock_screenshot(fleet, screen)
+            reply = await stub.UploadScreenshot(
+                heatmap_pb2.UploadScreenshotRequest(
+                    screen_name=fleet.screen_names[screen],
+                    image_data=png,
+                    width=WIDTH,
+                    height=HEIGHT,
+                ),
+                metadata=analyst,
+            )
+            print(f"uploaded {fleet.screen_names[screen]}: {reply.screenshot.screenshot_id}")
+
+        before = await _total(stub, analyst, fleet.screen_names)
+        batch = 500
+        requests = build_requests(fleet, max(1, events // batch), batch)
+        tokens = [mint_token(secret, fleet.user_id(i), []) for i in range(200)]
+        report = await send_load(
+            target,
+            requests,
+            tokens,
+            rate=50_000,
+            duration_s=events / 50_000,
+            batch_size=batch,
+            concurrency=8,
+        )
+        print(report.summary())
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await _total(stub, analyst, fleet.screen_names) - before >= report.accepted_events:
+                break
+            await asyncio.sleep(0.25)
+        for name in fleet.screen_names:
+            reply = await stub.RenderHeatmap(
+                heatmap_pb2.RenderHeatmapRequest(
+                    query=heatmap_pb2.QueryHeatmapDataRequest(screen_name=name, grid_size=64),
+                    width=WIDTH,
+                ),
+                metadata=analyst,
+            )
+            path = out / f"heatmap-{name}.png"
+            path.write_bytes(reply.png)
+            print(f"rendered {path} ({reply.width}x{reply.height})")
+    return 0
+
+
+async def _total(
+    stub: heatmap_pb2_grpc.HeatmapServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    screens: list[str],
+) -> int:
+    total = 0
+    for name in screens:
+        reply = await stub.QueryHeatmapData(
+            heatmap_pb2.QueryHeatmapDataRequest(screen_name=name, grid_size=8), metadata=metadata
+        )
+        total += reply.total_count
+    return total
