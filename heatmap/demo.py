@@ -53,11 +53,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         secret = secret_file.read_text().strip()
     if not secret:
         raise SettingsError("HEATMAP_JWT_SECRET (or --token-secret, or a heatmap dev --data-dir)")
-    return asyncio.run(_demo(args.target, secret, Path(args.out), args.events))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_demo(args.target, secret, out, args.events))
 
 
 async def _demo(target: str, secret: str, out: Path, events: int) -> int:
-    out.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(FleetSpec(users=500, screens=6, seed=11))
     analyst = (
         (
