@@ -22,8 +22,8 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
-from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 from heatmap.localinfra.dev_process import DevProcess
+from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 pytestmark = pytest.mark.slow
 
