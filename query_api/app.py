@@ -1,0 +1,336 @@
+"""QueryService: the gRPC component behind every HeatmapService method but ingest.
+
+It owns a ClickHouse client (cell aggregates) and a ScreenshotStore (PNG
+backdrops), both given or built in ``start()``. Authentication, permissions
+(VIEW_HEATMAPS for reads, MANAGE_HEATMAPS for uploads), error-to-status
+mapping and per-method latency are the shared interceptor's
+(``heatmap.grpc_server``); handlers raise ``heatmap.errors`` exceptions.
+Blocking work (ClickHouse calls, the object store, PNG decoding, rendering)
+runs in worker threads so the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from heatmap.auth import current_principal
+from heatmap.clickhouse import ClickHouseUnavailable, connect
+from heatmap.errors import (
+    DeadlineExceeded,
+    FieldViolation,
+    HeatmapError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from heatmap.settings import Settings
+from query_api import heatmap_query, render
+from query_api.metrics import QueryMetrics
+from query_api.png_check import MAX_PNG_PIXELS, check_png
+from query_api.screenshots import (
+    FileScreenshotStore,
+    S3ScreenshotStore,
+    Screenshot,
+    ScreenshotStore,
+)
+from schemas.heatmap.v1 import heatmap_pb2
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SERVICE = "heatmap.v1.HeatmapService"
+START_TIMEOUT_S = 30.0
+
+
+class QueryService:
+    """heatmap.serve.Component for the query side of HeatmapService."""
+
+    name = "query-api"
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        clickhouse_client: Client | None = None,
+        screenshots: ScreenshotStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = QueryMetrics(registry)
+        self._client = clickhouse_client
+        self._owns_client = clickhouse_client is None
+        self._store = screenshots
+        self._owns_store = screenshots is None
+        self._running = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._settings.require_clickhouse()
+            try:
+                self._client = await asyncio.wait_for(
+                    asyncio.to_thread(connect, self._settings.clickhouse), START_TIMEOUT_S
+                )
+            except TimeoutError as e:
+                raise ClickHouseUnavailable("ClickHouse did not answer in time") from e
+        if self._store is None:
+            self._settings.require_screenshot_store()
+            if self._settings.s3.endpoint:
+                self._store = S3ScreenshotStore(self._settings.s3)
+            else:
+                assert self._settings.screenshot_dir is not None
+                self._store = FileScreenshotStore(self._settings.screenshot_dir)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._store.ensure_ready), START_TIMEOUT_S)
+        except TimeoutError as e:
+            raise Unavailable("screenshot store did not answer in time") from e
+        self._running = True
+        logger.info("query service ready (%s)", type(self._store).__name__)
+
+    def healthy(self) -> bool:
+        return self._running
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def handlers(self) -> Sequence[grpc.GenericRpcHandler]:
+        def unary(fn: Callable[..., Any], req: Any, resp: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn,
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+
+        pb = heatmap_pb2
+        return [
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "QueryHeatmapData": unary(
+                        self.QueryHeatmapData,
+                        pb.QueryHeatmapDataRequest,
+                        pb.QueryHeatmapDataResponse,
+                    ),
+                    "ListScreenshots": unary(
+                        self.ListScreenshots, pb.ListScreenshotsRequest, pb.ListScreenshotsResponse
+                    ),
+                    "UploadScreenshot": unary(
+                        self.UploadScreenshot,
+                        pb.UploadScreenshotRequest,
+                        pb.UploadScreenshotResponse,
+                    ),
+                    "GetScreenshot": unary(
+                        self.GetScreenshot, pb.GetScreenshotRequest, pb.GetScreenshotResponse
+                    ),
+                    "RenderHeatmap": unary(
+                        self.RenderHeatmap, pb.RenderHeatmapRequest, pb.RenderHeatmapResponse
+                    ),
+                },
+            )
+        ]
+
+    # ------------------------------------------------------------- helpers
+
+    @property
+    def store(self) -> ScreenshotStore:
+        if self._store is None:
+            raise Unavailable("query service is not started")
+        return self._store
+
+    async def _store_call(self, op: str, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._metrics.store_seconds.labels(op).observe(time.perf_counter() - started)
+
+    async def query(
+        self, request: heatmap_pb2.QueryHeatmapDataRequest, field: str = ""
+    ) -> heatmap_pb2.QueryHeatmapDataResponse:
+        """Validate, run and shape one heatmap query (shared by QueryHeatmapData and render)."""
+        spec = heatmap_query.parse_request(request, field)
+        if heatmap_query.is_empty(spec):
+            return heatmap_pb2.QueryHeatmapDataResponse(grid_size=spec.grid_size)
+        limit = self._settings.query.max_per_user_points
+        plan = heatmap_query.plan(spec, limit)
+        client = self._client
+        if client is None:
+            raise Unavailable("query service is not started")
+        started = time.perf_counter()
+        try:
+            result = await asyncio.to_thread(
+                client.query,
+                plan.sql,
+                parameters=plan.parameters,
+                settings={"max_execution_time": self._settings.clickhouse.max_execution_time_s},
+            )
+        except DatabaseError as e:
+            raise _clickhouse_error(e) from e
+        except (OperationalError, OSError) as e:
+            raise Unavailable(f"ClickHouse unavailable: {e}") from e
+        finally:
+            self._metrics.clickhouse_seconds.labels(plan.table).observe(
+                time.perf_counter() - started
+            )
+        summary = result.summary or {}
+        self._metrics.rows_read.labels(plan.table).inc(int(summary.get("read_rows", 0) or 0))
+        self._metrics.bytes_read.labels(plan.table).inc(int(summary.get("read_bytes", 0) or 0))
+        response = heatmap_query.build_response(spec, result.result_columns, limit)
+        self._metrics.points.labels("per_user" if spec.per_user else "all_users").observe(
+            len(response.data_points)
+        )
+        return response
+
+    # ------------------------------------------------------------ handlers
+
+    async def QueryHeatmapData(
+        self, request: heatmap_pb2.QueryHeatmapDataRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.QueryHeatmapDataResponse:
+        return await self.query(request)
+
+    async def ListScreenshots(
+        self, request: heatmap_pb2.ListScreenshotsRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.ListScreenshotsResponse:
+        _check_screen_name(request.screen_name)
+        store = self.store
+        shots = await self._store_call("list", store.list, request.screen_name)
+        return heatmap_pb2.ListScreenshotsResponse(
+            screenshots=[s.to_proto(store.download_url(s)) for s in shots]
+        )
+
+    async def UploadScreenshot(
+        self, request: heatmap_pb2.UploadScreenshotRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.UploadScreenshotResponse:
+        _check_screen_name(request.screen_name)
+        data = request.image_data
+        info = await asyncio.to_thread(check_png, data, request.width, request.height)
+        store = self.store
+        candidate = Screenshot.new(
+            request.screen_name, data, info.width, info.height, current_principal().user_id
+        )
+        stored = await self._store_call("put", store.put, candidate, data)
+        self._metrics.uploads.labels("stored" if stored is candidate else "duplicate").inc()
+        return heatmap_pb2.UploadScreenshotResponse(
+            screenshot=stored.to_proto(store.download_url(stored))
+        )
+
+    async def GetScreenshot(
+        self, request: heatmap_pb2.GetScreenshotRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.GetScreenshotResponse:
+        if not request.screenshot_id:
+            raise InvalidArgument([FieldViolation("screenshot_id", "is required")])
+        store = self.store
+        found = await self._store_call("read", store.read, request.screenshot_id)
+        if found is None:
+            raise NotFound(f"screenshot {request.screenshot_id!r} not found")
+        shot, data = found
+        return heatmap_pb2.GetScreenshotResponse(
+            screenshot=shot.to_proto(store.download_url(shot)), image_data=data
+        )
+
+    async def RenderHeatmap(
+        self, request: heatmap_pb2.RenderHeatmapRequest, context: grpc.aio.ServicerContext
+    ) -> heatmap_pb2.RenderHeatmapResponse:
+        if (
+            request.width < 0
+            or 0 < request.width < render.MIN_WIDTH
+            or (request.width > render.MAX_WIDTH)
+        ):
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "width",
+                        f"is {request.width}; must be 0 (backdrop width) or "
+                        f"{render.MIN_WIDTH}..{render.MAX_WIDTH}",
+                    )
+                ]
+            )
+        data = await self.query(request.query, field="query")
+        backdrop_bytes = await self._backdrop(request.query.screen_name, request.screenshot_id)
+        rendered = await asyncio.to_thread(_render, data, backdrop_bytes, request.width)
+        return heatmap_pb2.RenderHeatmapResponse(
+            png=rendered.png, width=rendered.width, height=rendered.height
+        )
+
+    async def _backdrop(self, screen_name: str, shot_id: str) -> bytes | None:
+        store = self.store
+        if shot_id:
+            found = await self._store_call("read", store.read, shot_id)
+            if found is None:
+                raise NotFound(f"screenshot {shot_id!r} not found")
+            return found[1]
+        shots = await self._store_call("list", store.list, screen_name)
+        for shot in shots:  # newest first; skip one deleted under our feet
+            found = await self._store_call("read", store.read, shot.screenshot_id)
+            if found is not None:
+                return found[1]
+        return None
+
+
+def _render(
+    data: heatmap_pb2.QueryHeatmapDataResponse, backdrop_bytes: bytes | None, width: int
+) -> render.Rendered:
+    points = data.data_points
+    if backdrop_bytes is None:
+        backdrop = None
+    else:
+        backdrop = Image.open(io.BytesIO(backdrop_bytes), formats=["PNG"])
+        backdrop.load()
+    out_w, out_h = render.output_size(width, backdrop)
+    if out_w > render.MAX_WIDTH or out_w * out_h > MAX_PNG_PIXELS:
+        raise InvalidArgument(
+            [FieldViolation("width", f"output {out_w}x{out_h} is larger than allowed")]
+        )
+    return render.render(
+        data.grid_size,
+        [p.x for p in points],
+        [p.y for p in points],
+        [p.count for p in points],
+        backdrop,
+        width,
+    )
+
+
+def _check_screen_name(screen_name: str) -> None:
+    if not screen_name:
+        raise InvalidArgument([FieldViolation("screen_name", "is required")])
+    if len(screen_name) > heatmap_query.MAX_SCREEN_NAME:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "screen_name", f"longer than {heatmap_query.MAX_SCREEN_NAME} characters"
+                )
+            ]
+        )
+
+
+def _clickhouse_error(e: DatabaseError) -> HeatmapError:
+    text = str(e)
+    if "Code: 159." in text or "TIMEOUT_EXCEEDED" in text:
+        return DeadlineExceeded(
+            "the query took longer than the configured ClickHouse max_execution_time; "
+            "narrow it (time range, campaign, event types) or use a smaller grid_size"
+        )
+    if "Code: 241." in text or "MEMORY_LIMIT_EXCEEDED" in text:
+        return ResourceExhausted("the query needs more memory than ClickHouse allows")
+    if "Code: 210." in text or "NETWORK_ERROR" in text or "Code: 209." in text:
+        return Unavailable(f"ClickHouse unavailable: {e}")
+    return Unavailable(f"ClickHouse refused the query: {e}")

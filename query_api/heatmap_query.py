@@ -1,0 +1,229 @@
+"""QueryHeatmapData: request -> validated spec -> parameterised SQL -> response.
+
+Table per query (schemas/clickhouse/001_touch_cells.sql), the smallest that
+answers exactly:
+
+* PER_USER mode, or a ``user_id`` filter  -> ``touch_cells_by_user`` (512 grid)
+* ALL_USERS, grid 8..64                  -> ``touch_cells_64`` (64 grid)
+* ALL_USERS, grid 128..512               -> ``touch_cells`` (512 grid)
+
+A cell at grid g is ``intDiv(stored cell, stored grid / g)``: an exact roll-up
+because every g divides the stored grid. Counts are always ``sum(events)``
+with ``GROUP BY`` (never FINAL). The screen filter excludes marker rows
+(screen_name = '').
+
+Time filter: an event counts when the start of its UTC hour (the ``hour``
+column) lies in [start_time, end_time). ``hour`` is whole seconds, so with
+s = ceil(start_time) and e = ceil(end_time) in Unix seconds the condition is
+exactly ``hour >= s AND hour < e``.
+
+Every value from the request reaches ClickHouse as a bound parameter
+(``{name:Type}``); the SQL text is chosen from fixed fragments only.
+
+PER_USER answers are bounded by ``Settings.query.max_per_user_points``
+(``HEATMAP_MAX_PER_USER_POINTS``, default 200,000 points): a query whose
+answer would be larger fails with RESOURCE_EXHAUSTED and a message saying how
+to narrow it, rather than returning a silently truncated heatmap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from heatmap.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from schemas.heatmap.v1 import heatmap_pb2
+
+GRID_SIZES = (8, 16, 32, 64, 128, 256, 512)
+DEFAULT_GRID = 64
+MAX_SCREEN_NAME = 200
+VALID_EVENT_TYPES = frozenset({heatmap_pb2.TAP, heatmap_pb2.SCROLL, heatmap_pb2.ACTION_CLICK})
+_DATETIME_MAX = 2**32 - 1  # ClickHouse DateTime upper bound (2106-02-07)
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """A validated QueryHeatmapDataRequest."""
+
+    screen_name: str
+    campaign_id: str
+    per_user: bool
+    user_id: str
+    event_types: tuple[int, ...]
+    start_s: int | None  # ceil(start_time) in Unix seconds; None: unbounded
+    end_s: int | None  # ceil(end_time) in Unix seconds; None: unbounded
+    grid_size: int
+
+    @property
+    def empty_range(self) -> bool:
+        return self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The SQL for a spec: fixed text, bound parameters, and what it reads."""
+
+    table: str
+    sql: str
+    parameters: dict[str, Any]
+    per_user: bool
+
+
+def _ceil_seconds(ts: timestamp_pb2.Timestamp) -> int:
+    return int(ts.seconds) + (1 if ts.nanos > 0 else 0)
+
+
+def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "") -> QuerySpec:
+    """Validate ``request``; InvalidArgument names every offending field."""
+    prefix = f"{field}." if field else ""
+    violations: list[FieldViolation] = []
+    if not request.screen_name:
+        violations.append(FieldViolation(prefix + "screen_name", "is required"))
+    elif len(request.screen_name) > MAX_SCREEN_NAME:
+        violations.append(
+            FieldViolation(prefix + "screen_name", f"longer than {MAX_SCREEN_NAME} characters")
+        )
+    grid = request.grid_size or DEFAULT_GRID
+    if grid not in GRID_SIZES:
+        violations.append(
+            FieldViolation(
+                prefix + "grid_size",
+                f"is {request.grid_size}; must be 0 (= 64) or a power of two from 8 to 512",
+            )
+        )
+    if request.mode not in (
+        heatmap_pb2.HEATMAP_MODE_UNSPECIFIED,
+        heatmap_pb2.ALL_USERS,
+        heatmap_pb2.PER_USER,
+    ):
+        violations.append(FieldViolation(prefix + "mode", f"unknown mode {request.mode}"))
+    for i, event_type in enumerate(request.event_types):
+        if event_type not in VALID_EVENT_TYPES:
+            violations.append(
+                FieldViolation(
+                    f"{prefix}event_types[{i}]",
+                    f"is {event_type}; must be TAP, SCROLL or ACTION_CLICK",
+                )
+            )
+    for name in ("start_time", "end_time"):
+        ts = getattr(request, name)
+        if request.HasField(name) and not 0 <= ts.nanos < 1_000_000_000:
+            violations.append(FieldViolation(prefix + name, "nanos out of range"))
+    start_s = _ceil_seconds(request.start_time) if request.HasField("start_time") else None
+    end_s = _ceil_seconds(request.end_time) if request.HasField("end_time") else None
+    if start_s is not None and end_s is not None and end_s < start_s:
+        violations.append(FieldViolation(prefix + "end_time", "is before start_time"))
+    if violations:
+        raise InvalidArgument(violations)
+    # Clamp to the DateTime range: bounds outside it filter nothing or everything.
+    if start_s is not None and start_s <= 0:
+        start_s = None
+    if end_s is not None and end_s > _DATETIME_MAX:
+        end_s = None
+    return QuerySpec(
+        screen_name=request.screen_name,
+        campaign_id=request.campaign_id,
+        per_user=request.mode == heatmap_pb2.PER_USER,
+        user_id=request.user_id,
+        event_types=tuple(sorted(set(request.event_types))),
+        start_s=start_s,
+        end_s=end_s,
+        grid_size=grid,
+    )
+
+
+def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
+    """The one SQL statement answering ``spec``; user input only as bound parameters."""
+    if spec.per_user or spec.user_id:
+        table, stored_grid = "touch_cells_by_user", 512
+    elif spec.grid_size <= 64:
+        table, stored_grid = "touch_cells_64", 64
+    else:
+        table, stored_grid = "touch_cells", 512
+    params: dict[str, Any] = {
+        "screen": spec.screen_name,
+        "div": stored_grid // spec.grid_size,
+    }
+    where = ["screen_name = {screen:String}"]
+    if spec.campaign_id:
+        where.append("campaign_id = {campaign:String}")
+        params["campaign"] = spec.campaign_id
+    if spec.user_id:
+        where.append("user_id = {user:String}")
+        params["user"] = spec.user_id
+    if spec.event_types:
+        where.append("event_type IN {types:Array(UInt8)}")
+        params["types"] = list(spec.event_types)
+    if spec.start_s is not None:
+        where.append("hour >= toDateTime({start:UInt32}, 'UTC')")
+        params["start"] = min(spec.start_s, _DATETIME_MAX)
+    if spec.end_s is not None:
+        where.append("hour < toDateTime({end:UInt32}, 'UTC')")
+        params["end"] = max(spec.end_s, 0)
+    cells = "intDiv(cell_x, {div:UInt16}) AS gx, intDiv(cell_y, {div:UInt16}) AS gy"
+    if spec.per_user:
+        select = f"SELECT user_id, {cells}, sum(events) AS n FROM {table}"
+        group = "GROUP BY user_id, gx, gy HAVING n > 0 LIMIT {limit:UInt64}"
+        params["limit"] = max_per_user_points + 1
+    else:
+        select = f"SELECT {cells}, sum(events) AS n FROM {table}"
+        group = "GROUP BY gx, gy HAVING n > 0"
+    sql = f"{select} WHERE {' AND '.join(where)} {group}"
+    return Plan(table=table, sql=sql, parameters=params, per_user=spec.per_user)
+
+
+def build_response(
+    spec: QuerySpec, columns: Sequence[Sequence[Any]], max_per_user_points: int
+) -> heatmap_pb2.QueryHeatmapDataResponse:
+    """The response for the rows of ``plan(spec)`` (given column-wise)."""
+    g = spec.grid_size
+    response = heatmap_pb2.QueryHeatmapDataResponse(grid_size=g)
+    if not columns or not columns[0]:
+        return response
+    if not spec.per_user:
+        gxs, gys, counts = columns
+        order = sorted(range(len(counts)), key=lambda i: (gys[i], gxs[i]))
+        response.data_points.extend(
+            heatmap_pb2.HeatmapDataPoint(
+                x=(gxs[i] + 0.5) / g, y=(gys[i] + 0.5) / g, count=counts[i]
+            )
+            for i in order
+        )
+        response.total_count = int(sum(counts))
+        return response
+    users, gxs, gys, counts = columns
+    if len(counts) > max_per_user_points:
+        raise ResourceExhausted(
+            f"PER_USER answer exceeds {max_per_user_points} points (user, cell); narrow it "
+            "with user_id, campaign_id, event_types, a time range or a smaller grid_size"
+        )
+    totals: dict[str, int] = defaultdict(int)
+    for user, count in zip(users, counts, strict=True):
+        totals[user] += count
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    rank = {user: i for i, (user, _) in enumerate(ranked)}
+    order = sorted(range(len(counts)), key=lambda i: (rank[users[i]], gys[i], gxs[i]))
+    response.data_points.extend(
+        heatmap_pb2.HeatmapDataPoint(
+            x=(gxs[i] + 0.5) / g, y=(gys[i] + 0.5) / g, count=counts[i], user_id=users[i]
+        )
+        for i in order
+    )
+    response.user_touch_counts.extend(
+        heatmap_pb2.UserTouchCount(user_id=user, touch_count=total) for user, total in ranked
+    )
+    response.total_count = sum(totals.values())
+    return response
+
+
+def is_empty(spec: QuerySpec) -> bool:
+    """True when no row can match (empty or out-of-range time window): skip the query."""
+    if spec.empty_range:
+        return True
+    if spec.start_s is not None and spec.start_s > _DATETIME_MAX:
+        return True
+    return spec.end_s is not None and spec.end_s <= 0

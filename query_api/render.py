@@ -1,0 +1,141 @@
+"""Draw a heatmap over a screenshot: smoothed density, viridis, alpha, legend.
+
+The density is the query's cell grid (counts), smoothed with a separable
+Gaussian kernel in cell space (sigma = one 64-grid cell, at least half a
+cell at coarse grids), upsampled bilinearly to the output size, coloured with
+viridis and alpha-blended so the screenshot stays readable: alpha grows with
+the square root of the density from ``MIN_ALPHA`` to ``MAX_ALPHA``, and cells with
+(almost) nothing are fully transparent. A small legend in the bottom-right
+corner shows the colour scale from 0 to the highest cell count.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageDraw, ImageFont
+
+from query_api.colormap import VIRIDIS
+
+DEFAULT_WIDTH = 512
+MIN_WIDTH = 16
+MAX_WIDTH = 4096
+MIN_ALPHA = 0.3
+MAX_ALPHA = 0.75
+_CUTOFF = 0.02  # density below this share of the peak is not drawn
+
+
+@dataclass(frozen=True)
+class Rendered:
+    png: bytes
+    width: int
+    height: int
+
+
+def density_grid(
+    grid: int, xs: Sequence[float], ys: Sequence[float], counts: Sequence[int]
+) -> npt.NDArray[np.float64]:
+    """Counts on a grid x grid array indexed [row (y), column (x)] from cell centres."""
+    out = np.zeros((grid, grid), dtype=np.float64)
+    if len(counts):
+        ix = np.minimum((np.asarray(xs, dtype=np.float64) * grid).astype(np.intp), grid - 1)
+        iy = np.minimum((np.asarray(ys, dtype=np.float64) * grid).astype(np.intp), grid - 1)
+        np.add.at(out, (iy, ix), np.asarray(counts, dtype=np.float64))
+    return out
+
+
+def _gaussian_kernel(sigma: float) -> npt.NDArray[np.float64]:
+    radius = max(1, int(np.ceil(3 * sigma)))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    normalised: npt.NDArray[np.float64] = kernel / kernel.sum()
+    return normalised
+
+
+def smooth(density: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Separable Gaussian blur, zero outside the screen."""
+    grid = density.shape[0]
+    kernel = _gaussian_kernel(max(0.5, grid / 64))
+    rows = np.apply_along_axis(lambda r: np.convolve(r, kernel, mode="same"), 1, density)
+    both: npt.NDArray[np.float64] = np.apply_along_axis(
+        lambda c: np.convolve(c, kernel, mode="same"), 0, rows
+    )
+    return both
+
+
+def output_size(width: int, backdrop: Image.Image | None) -> tuple[int, int]:
+    """(width, height): the width asked (0: backdrop's, or 512), backdrop aspect kept."""
+    if backdrop is None:
+        w = width or DEFAULT_WIDTH
+        return w, w
+    w = width or backdrop.width
+    return w, max(1, round(w * backdrop.height / backdrop.width))
+
+
+def legend_box(width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Where the legend is drawn (left, top, right, bottom), or None if the image is too small."""
+    if width < 96 or height < 48:
+        return None
+    box_w = min(160, width // 3)
+    box_h = 34
+    margin = 6
+    return (width - box_w - margin, height - box_h - margin, width - margin, height - margin)
+
+
+def _draw_legend(image: Image.Image, max_count: int) -> None:
+    box = legend_box(*image.size)
+    if box is None:
+        return
+    left, top, right, _bottom = box
+    draw = ImageDraw.Draw(image, "RGBA")
+    draw.rectangle(box, fill=(255, 255, 255, 210), outline=(60, 60, 60, 255))
+    bar_left, bar_right = left + 5, right - 5
+    bar_top, bar_bottom = top + 4, top + 14
+    span = max(1, bar_right - bar_left)
+    for i in range(span):
+        r, g, b = (int(v) for v in VIRIDIS[round(i / max(1, span - 1) * 255)])
+        draw.line([(bar_left + i, bar_top), (bar_left + i, bar_bottom)], fill=(r, g, b, 255))
+    font = ImageFont.load_default()
+    draw.text((bar_left, bar_bottom + 2), "0", fill=(0, 0, 0, 255), font=font)
+    label = f"{max_count} / cell"
+    text_w = draw.textlength(label, font=font)
+    draw.text((bar_right - text_w, bar_bottom + 2), label, fill=(0, 0, 0, 255), font=font)
+
+
+def render(
+    grid: int,
+    xs: Sequence[float],
+    ys: Sequence[float],
+    counts: Sequence[int],
+    backdrop: Image.Image | None,
+    width: int = 0,
+) -> Rendered:
+    """The heatmap of the given cells over ``backdrop`` (or a blank canvas) as PNG."""
+    out_w, out_h = output_size(width, backdrop)
+    if backdrop is None:
+        base = Image.new("RGBA", (out_w, out_h), (245, 245, 245, 255))
+    else:
+        base = backdrop.convert("RGBA").resize((out_w, out_h), Image.Resampling.LANCZOS)
+    raw = density_grid(grid, xs, ys, counts)
+    max_count = int(raw.max()) if raw.size else 0
+    if max_count > 0:
+        smoothed = smooth(raw)
+        peak = float(smoothed.max())
+        field = Image.fromarray((smoothed / peak).astype(np.float32), mode="F")
+        scaled = np.asarray(field.resize((out_w, out_h), Image.Resampling.BILINEAR))
+        scaled = np.clip(scaled, 0.0, 1.0)
+        rgba = np.empty((out_h, out_w, 4), dtype=np.uint8)
+        rgba[..., :3] = VIRIDIS[np.rint(scaled * 255).astype(np.intp)]
+        alpha = np.where(
+            scaled < _CUTOFF, 0.0, MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * np.sqrt(scaled)
+        )
+        rgba[..., 3] = np.rint(alpha * 255).astype(np.uint8)
+        base = Image.alpha_composite(base, Image.fromarray(rgba, mode="RGBA"))
+    _draw_legend(base, max_count)
+    buffer = io.BytesIO()
+    base.convert("RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return Rendered(png=buffer.getvalue(), width=out_w, height=out_h)
