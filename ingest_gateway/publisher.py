@@ -1,0 +1,255 @@
+"""Publishing touch batches to Kafka: the ``EventPublisher`` seam and its Kafka implementation.
+
+``KafkaPublisher.publish`` produces one message and returns only once the
+broker acknowledged it (``acks=all``): the delivery report, raised on the
+producer's poll thread, resolves an asyncio future on the server's loop
+through ``loop.call_soon_threadsafe``. Failure modes map to retryable codes:
+
+* the local queue is full (``BufferError``): ``ResourceExhausted``. The queue
+  is bounded by ``producer_queue_max_messages`` / ``_kbytes``, so a slow or
+  absent broker makes the gateway push back instead of growing without bound;
+* delivery failed, or no report within ``publish_timeout_s``: ``Unavailable``.
+  ``message.timeout.ms`` equals the publish timeout, so librdkafka gives up
+  on the message at about the time the caller is told to retry; a message it
+  still delivers later is a duplicate that the worker drops by batch id when
+  the client sent one.
+
+Producer configuration and why:
+
+* ``enable.idempotence=true`` (implies ``acks=all``, in-order retries, at most
+  5 in flight per partition): broker-side retries never duplicate or reorder
+  a message, which keeps one user's batches ordered on their partition;
+* ``acks=all``: the contract's durability promise;
+* ``compression.type`` from settings (lz4 by default: cheap to compress, the
+  columnar batches shrink ~3x);
+* ``linger.ms=2``: batches concurrent requests into one produce request
+  without adding visible latency;
+* ``partitioner=murmur2_random``: the Java client's key hashing, so any
+  producer (Java, aiokafka) puts a user's batches on the same partition;
+* ``socket.keepalive.enable``, ``reconnect.backoff.max.ms=1000``: a broker
+  that comes back is found again within a second.
+
+Health: the publisher is healthy once the broker answered a metadata request
+for the topic (which must exist: the gateway does not create topics, that is
+``heatmap dev``'s or the operator's job, so a typo in ``HEATMAP_KAFKA_TOPIC``
+shows as NOT_SERVING instead of a silently auto-created topic). A failed
+delivery or "all brokers down" marks it unhealthy; a background probe or the
+next successful delivery marks it healthy again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from heatmap.errors import ResourceExhausted, Unavailable
+from heatmap.settings import KafkaSettings
+
+logger = logging.getLogger(__name__)
+
+FORMAT_HEADER = ("format", b"touch_batch.v1")
+
+
+class EventPublisher(Protocol):
+    """Where accepted batches go; ``publish`` returns once they are durable."""
+
+    async def start(self) -> None: ...
+
+    async def publish(self, key: bytes, value: bytes, timeout_s: float | None = None) -> None:
+        """Durably publish one message within ``timeout_s`` (default: the configured
+        publish timeout), or raise ``Unavailable``/``ResourceExhausted``."""
+        ...
+
+    def healthy(self) -> bool: ...
+
+    async def stop(self) -> None:
+        """Flush what is queued (bounded), then close."""
+        ...
+
+
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
+    if not settings.bootstrap:
+        raise ValueError("Kafka bootstrap is not configured")
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "client.id": "heatmap-gateway",
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": settings.compression,
+        "linger.ms": 2,
+        "partitioner": "murmur2_random",
+        "queue.buffering.max.messages": settings.producer_queue_max_messages,
+        "queue.buffering.max.kbytes": settings.producer_queue_max_kbytes,
+        "message.timeout.ms": max(1, int(settings.publish_timeout_s * 1000)),
+        "socket.keepalive.enable": True,
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 1000,
+    }
+
+
+class KafkaPublisher:
+    """``EventPublisher`` over a confluent-kafka ``Producer`` with a poll thread."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        flush_timeout_s: float = 10.0,
+        probe_interval_s: float = 2.0,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._topic = settings.topic
+        self._timeout_s = settings.publish_timeout_s
+        self._flush_timeout_s = flush_timeout_s
+        self._probe_interval_s = probe_interval_s
+        self._config = {**producer_config(settings), **(extra_config or {})}
+        self._config["error_cb"] = self._on_error
+        self._producer: Producer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: threading.Thread | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._running = threading.Event()
+        self._healthy = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Create the producer and its poll thread; never blocks on the broker."""
+        self._loop = asyncio.get_running_loop()
+        self._producer = Producer(self._config)
+        self._running.set()
+        self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._poller.start()
+        self._probe = asyncio.create_task(self._probe_loop())
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        self._running.clear()
+        if self._poller is not None:
+            await asyncio.to_thread(self._poller.join)
+        producer, self._producer = self._producer, None
+        self._healthy = False
+        if producer is not None:
+            # flush() serves the remaining delivery reports on this thread.
+            left = await asyncio.to_thread(producer.flush, self._flush_timeout_s)
+            if left:
+                logger.error("producer closed with %d message(s) undelivered", left)
+            else:
+                logger.info("producer flushed")
+
+    def healthy(self) -> bool:
+        return self._producer is not None and self._healthy
+
+    def queued(self) -> int:
+        """Messages waiting in the producer's queue or in flight."""
+        return len(self._producer) if self._producer is not None else 0
+
+    # ------------------------------------------------------------ publishing
+
+    async def publish(self, key: bytes, value: bytes, timeout_s: float | None = None) -> None:
+        timeout_s = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None:
+            raise Unavailable("Kafka producer is not running")
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            producer.produce(
+                self._topic,
+                value=value,
+                key=key,
+                headers=[FORMAT_HEADER],
+                on_delivery=_delivery_callback(loop, future),
+            )
+        except BufferError as e:
+            raise ResourceExhausted("Kafka producer queue is full; retry later") from e
+        except KafkaException as e:
+            raise Unavailable(f"Kafka produce failed: {e}") from e
+        try:
+            # On timeout the future is cancelled; a late report then finds it done.
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError as e:
+            raise Unavailable(f"no Kafka delivery report within {timeout_s:g}s") from e
+        except KafkaException as e:
+            self._healthy = False
+            raise Unavailable(f"Kafka delivery failed: {e.args[0]}") from e
+        self._healthy = True
+
+    # ------------------------------------------------------------ internals
+
+    def _poll_loop(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        while self._running.is_set():
+            # Releases the GIL while it waits; delivery callbacks run here.
+            producer.poll(0.05)
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if self._healthy:
+                logger.warning("Kafka unreachable: %s", error.str())
+            self._healthy = False
+        else:
+            logger.warning("Kafka client error: %s", error.str())
+
+    async def _probe_loop(self) -> None:
+        """While unhealthy, ask the broker for the topic's metadata until it answers."""
+        was: bool | None = None
+        while True:
+            if not self._healthy:
+                self._healthy = await asyncio.to_thread(self._topic_reachable)
+            if self._healthy != was:
+                log = logger.info if self._healthy else logger.warning
+                log(
+                    "Kafka topic %s %s",
+                    self._topic,
+                    "reachable" if self._healthy else "NOT reachable",
+                )
+                was = self._healthy
+            await asyncio.sleep(self._probe_interval_s)
+
+    def _topic_reachable(self) -> bool:
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            metadata = producer.list_topics(self._topic, timeout=max(1.0, self._probe_interval_s))
+        except KafkaException as e:
+            logger.debug("metadata request failed: %s", e)
+            return False
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            if topic is not None and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                logger.error("Kafka topic %s does not exist (create it first)", self._topic)
+            return False
+        return bool(metadata.brokers)
+
+
+def _delivery_callback(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
+) -> Callable[[KafkaError | None, Any], None]:
+    def on_delivery(error: KafkaError | None, _message: Any) -> None:
+        # Poll thread: hand the outcome to the loop; the waiter may be gone.
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            loop.call_soon_threadsafe(_resolve, future, error)
+
+    return on_delivery
+
+
+def _resolve(future: asyncio.Future[None], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(KafkaException(error))
