@@ -1,0 +1,307 @@
+"""Touch batches -> grid-cell rows per table and month, vectorised with numpy.
+
+One flush is a list of ``Record`` (decoded, valid, not duplicate batches,
+with their Kafka partition and offset). ``aggregate`` concatenates the
+columns of all batches, computes the 512-grid cell and the UTC hour of every
+event in a few numpy passes, groups identical keys with one ``np.unique`` per
+table and returns one ``Block`` per (table, month partition): the aggregated
+rows plus one marker row per source Kafka partition, encoded as one Native
+block, ready to be inserted as ONE atomic insert.
+
+Events of a record whose offset is at or below the table's watermark for
+(partition, month) are already in that table (a replay after a crash) and are
+left out of that table's rows. See docs/exactly-once.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.touch_batch import TouchBatch
+from stream_workers.native import Column, NumberColumn, StringColumn, encode_block, numbers
+
+BASE_GRID = 512
+MS_PER_HOUR = 3_600_000
+# DateTime is UInt32 seconds: events at or after 2106-02-07 cannot be stored.
+MAX_TIMESTAMP_MS = (2**32 - MS_PER_HOUR // 1000) * 1000
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    per_user: bool
+    grid: int
+    cell_type: str
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec("touch_cells_by_user", per_user=True, grid=512, cell_type="UInt16"),
+    TableSpec("touch_cells", per_user=False, grid=512, cell_type="UInt16"),
+    TableSpec("touch_cells_64", per_user=False, grid=64, cell_type="UInt8"),
+)
+TABLE_NAMES = tuple(t.name for t in TABLES)
+
+# (table, kafka partition, yyyymm) -> highest offset already in that table.
+Watermarks = Mapping[tuple[str, int, int], int]
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    batch: TouchBatch
+
+
+@dataclass(frozen=True)
+class Block:
+    """One insert: aggregated rows of one table and month, plus marker rows."""
+
+    table: str
+    month: int  # yyyymm of the destination partition
+    rows: int  # aggregated rows, markers not included
+    events: int  # events those rows count
+    markers: Mapping[int, int]  # kafka partition -> highest offset of the flush
+    column_names: tuple[str, ...]
+    payload: bytes  # Native format
+
+
+def marker_campaign(topic: str, partition: int) -> str:
+    return f"{topic}#{partition}"
+
+
+def cells(v: npt.NDArray[np.float32], grid: int) -> IntArray:
+    """min(floor(v * grid), grid - 1); exact in float32 since grid is a power of two."""
+    scaled = (v * np.float32(grid)).astype(np.int64)
+    return np.minimum(scaled, grid - 1)
+
+
+def yyyymm(epoch_s: IntArray) -> IntArray:
+    months = epoch_s.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64)
+    return (1970 + months // 12) * 100 + months % 12 + 1
+
+
+def month_start(month: int) -> int:
+    """Epoch seconds of the first second of month ``yyyymm``."""
+    value = np.datetime64(f"{month // 100:04d}-{month % 100:02d}", "M")
+    return int(value.astype("datetime64[s]").astype(np.int64))
+
+
+class _Dictionary:
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+
+    def lut(self, values: Sequence[str]) -> IntArray:
+        codes = self.codes
+        return np.array([codes.setdefault(v, len(codes)) for v in values], dtype=np.int64)
+
+    def values(self) -> list[str]:
+        return list(self.codes)
+
+
+def _group(fields: Sequence[tuple[IntArray, int]]) -> tuple[list[IntArray], IntArray]:
+    """Distinct tuples of ``fields`` (array, radix) and how often each occurs."""
+    radix_product = 1
+    for _, radix in fields:
+        radix_product *= max(radix, 1)
+    if radix_product < 2**62:
+        key = np.zeros_like(fields[0][0])
+        for values, radix in fields:
+            key *= max(radix, 1)
+            key += values
+        unique, counts = np.unique(key, return_counts=True)
+        out: list[IntArray] = []
+        for _, radix in reversed(fields):
+            unique, rest = np.divmod(unique, max(radix, 1))
+            out.append(rest)
+        return out[::-1], counts.astype(np.int64)
+    stacked = np.stack([values for values, _ in fields], axis=1)
+    rows, counts = np.unique(stacked, axis=0, return_counts=True)
+    return [rows[:, i] for i in range(rows.shape[1])], counts.astype(np.int64)
+
+
+def aggregate(
+    records: Sequence[Record],
+    topic: str,
+    watermarks: Watermarks,
+    tables: Sequence[TableSpec] = TABLES,
+) -> list[Block]:
+    if not records:
+        return []
+    screens, campaigns, users = _Dictionary(), _Dictionary(), _Dictionary()
+    lengths = np.fromiter((len(r.batch) for r in records), np.int64, len(records))
+    user_of_record = np.fromiter(
+        (users.codes.setdefault(r.batch.user_id, len(users.codes)) for r in records),
+        np.int64,
+        len(records),
+    )
+    screen = np.concatenate(
+        [screens.lut(r.batch.screen_dict)[r.batch.screen_index] for r in records]
+    )
+    campaign = np.concatenate(
+        [campaigns.lut(r.batch.campaign_dict)[r.batch.campaign_index] for r in records]
+    )
+    x = np.concatenate([r.batch.x for r in records])
+    y = np.concatenate([r.batch.y for r in records])
+    event_type = np.concatenate([r.batch.event_type for r in records]).astype(np.int64)
+    hour_s = np.concatenate([r.batch.timestamp_ms for r in records]) // MS_PER_HOUR * 3600
+    record_of_event = np.repeat(np.arange(len(records)), lengths)
+    partitions = np.fromiter((r.partition for r in records), np.int64, len(records))
+    offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
+
+    hours, hour_code = np.unique(hour_s, return_inverse=True)
+    hour_code = hour_code.astype(np.int64)
+    hour_month = yyyymm(hours)
+    cell_x, cell_y = cells(x, BASE_GRID), cells(y, BASE_GRID)
+    user = user_of_record[record_of_event]
+    markers = {int(p): int(offsets[partitions == p].max()) for p in np.unique(partitions)}
+
+    blocks: list[Block] = []
+    for spec in tables:
+        keep = _not_yet_stored(
+            spec.name, watermarks, partitions, offsets, record_of_event, hour_code, hour_month
+        )
+        shift = int(np.log2(BASE_GRID // spec.grid))
+        fields: list[tuple[IntArray, int]] = [(screen, len(screens.codes))]
+        if spec.per_user:
+            fields.append((user, len(users.codes)))
+        fields += [
+            (campaign, len(campaigns.codes)),
+            (event_type, 4),
+            (hour_code, len(hours)),
+            (cell_x >> shift, spec.grid),
+            (cell_y >> shift, spec.grid),
+        ]
+        if keep is not None:
+            fields = [(values[keep], radix) for values, radix in fields]
+            if not len(fields[0][0]):
+                continue
+        grouped, counts = _group(fields)
+        row_month = hour_month[grouped[-3]]
+        for month in np.unique(row_month):
+            select = row_month == month
+            blocks.append(
+                _block(
+                    spec,
+                    int(month),
+                    [g[select] for g in grouped],
+                    counts[select],
+                    hours,
+                    markers,
+                    topic,
+                    screens.values(),
+                    campaigns.values(),
+                    users.values(),
+                )
+            )
+    return blocks
+
+
+def _not_yet_stored(
+    table: str,
+    watermarks: Watermarks,
+    partitions: IntArray,
+    offsets: IntArray,
+    record_of_event: IntArray,
+    hour_code: IntArray,
+    hour_month: IntArray,
+) -> npt.NDArray[np.bool_] | None:
+    """Mask of events not yet in ``table``, or None when all of them are new (the usual case)."""
+    lowest = int(offsets.min())
+    wanted = set(partitions.tolist())
+    if all(o < lowest for (t, p, _), o in watermarks.items() if t == table and p in wanted):
+        return None
+    month_of_event = hour_month[hour_code]
+    pair = partitions[record_of_event] * 1_000_000 + month_of_event
+    pairs, pair_index = np.unique(pair, return_inverse=True)
+    hwm = np.array(
+        [watermarks.get((table, int(p) // 1_000_000, int(p) % 1_000_000), -1) for p in pairs],
+        dtype=np.int64,
+    )
+    keep: npt.NDArray[np.bool_] = offsets[record_of_event] > hwm[pair_index]
+    return keep
+
+
+def _block(
+    spec: TableSpec,
+    month: int,
+    grouped: list[IntArray],
+    counts: IntArray,
+    hours: IntArray,
+    markers: Mapping[int, int],
+    topic: str,
+    screen_names: list[str],
+    campaign_ids: list[str],
+    user_ids: list[str],
+) -> Block:
+    rows = len(counts)
+    n_markers = len(markers)
+    marker_partitions = sorted(markers)
+    screen_dict = [*screen_names, ""]
+    campaign_dict = campaign_ids + [marker_campaign(topic, p) for p in marker_partitions]
+    empty = np.full(n_markers, len(screen_names), dtype=np.int64)
+    marker_campaigns = np.arange(len(campaign_ids), len(campaign_dict), dtype=np.int64)
+    zeros = np.zeros(n_markers, dtype=np.int64)
+    g = iter(grouped)
+    columns: list[tuple[str, str, Column]] = [
+        ("screen_name", "String", StringColumn(screen_dict, np.concatenate([next(g), empty]))),
+    ]
+    if spec.per_user:
+        user_dict = [*user_ids, ""]
+        user_codes = np.concatenate([next(g), np.full(n_markers, len(user_ids), dtype=np.int64)])
+        columns.append(("user_id", "String", StringColumn(user_dict, user_codes)))
+    campaign, event_type, hour_code, cell_x, cell_y = (next(g) for _ in range(5))
+    columns.append(
+        (
+            "campaign_id",
+            "String",
+            StringColumn(campaign_dict, np.concatenate([campaign, marker_campaigns])),
+        )
+    )
+    marker_hour = np.full(n_markers, month_start(month), dtype=np.int64)
+    for name, ch_type, values in (
+        ("event_type", "UInt8", np.concatenate([event_type, zeros])),
+        ("hour", "UInt32", np.concatenate([hours[hour_code], marker_hour])),
+        ("cell_x", spec.cell_type, np.concatenate([cell_x, zeros])),
+        ("cell_y", spec.cell_type, np.concatenate([cell_y, zeros])),
+        ("events", "UInt64", np.concatenate([counts, zeros])),
+        (
+            "source_offset",
+            "Int64",
+            np.concatenate(
+                [np.zeros(rows, np.int64), np.array([markers[p] for p in marker_partitions])]
+            ),
+        ),
+    ):
+        ch, column = numbers(values, ch_type)
+        columns.append((name, ch, column))
+    return Block(
+        table=spec.name,
+        month=month,
+        rows=rows,
+        events=int(counts.sum()),
+        markers=dict(markers),
+        column_names=tuple(name for name, _, _ in columns),
+        payload=encode_block(columns, rows + n_markers),
+    )
+
+
+__all__ = [
+    "TABLES",
+    "TABLE_NAMES",
+    "Block",
+    "NumberColumn",
+    "Record",
+    "TableSpec",
+    "Watermarks",
+    "aggregate",
+    "cells",
+    "marker_campaign",
+    "month_start",
+    "yyyymm",
+]

@@ -1,0 +1,248 @@
+"""The Faust app, its agent, and ``Worker``: the stream worker as a ``heatmap.serve`` component.
+
+No app exists at import time: ``create_app(settings)`` builds one and
+``register_agents`` attaches the single agent (concurrency 1, so each
+partition's records are flushed in offset order). The agent takes up to
+``take_messages`` records or ``flush_interval_s`` seconds with
+``noack_take``, hands them to ``Processor.process`` and acks them only after
+it returned, i.e. after the flush is durably in ClickHouse. Faust commits
+acked offsets every ``COMMIT_INTERVAL_S``; a crash between flush and commit
+replays records that the offset watermarks in ClickHouse then drop.
+
+``Worker.start`` starts the Faust app as a mode service inside the running
+event loop (it does not take over the loop or the signals), so ``heatmap dev``
+can run it beside gRPC services. ``Worker.stop`` stops the app: the consumer
+waits until every delivered record is acked (the agent flushes its buffer),
+commits, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faust
+import grpc
+import mode
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry
+
+from heatmap.clickhouse import connect
+from heatmap.kafka_admin import ensure_topics
+from heatmap.settings import Settings
+from stream_workers.dead_letters import DeadLetterTopic
+from stream_workers.metrics import WorkerMetrics
+from stream_workers.processor import FlushAbandoned, Processor, RawRecord
+from stream_workers.sink import ClickHouseCellStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaustTuning:
+    """Consumer-group timings. A flush (``flush_interval_s`` + insert time) must stay well
+    under ``rebalance_timeout_s``: a revoke waits for the in-flight flush."""
+
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 30.0
+    commit_interval_s: float = 0.5
+    max_poll_interval_s: float = 120.0
+    max_fetch_bytes_per_partition: int = 8 * 1024 * 1024
+
+
+def take_messages(settings: Settings) -> int:
+    """Records per ``noack_take``: about ``flush_max_cells`` events of 500-event batches."""
+    return max(16, settings.worker.flush_max_cells // 500)
+
+
+def create_app(
+    settings: Settings, data_dir: Path, tuning: FaustTuning = FaustTuning()
+) -> faust.App:
+    bootstrap = settings.require_kafka()
+    return faust.App(
+        settings.kafka.consumer_group,
+        broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
+        datadir=str(data_dir),
+        web_enabled=False,
+        table_standby_replicas=0,
+        topic_partitions=settings.kafka.partitions,
+        topic_replication_factor=settings.kafka.replication,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=tuning.session_timeout_s,
+        broker_heartbeat_interval=tuning.heartbeat_interval_s,
+        broker_rebalance_timeout=tuning.rebalance_timeout_s,
+        broker_request_timeout=max(40.0, tuning.session_timeout_s + 5),
+        broker_commit_interval=tuning.commit_interval_s,
+        broker_max_poll_interval=tuning.max_poll_interval_s,
+        consumer_max_fetch_size=tuning.max_fetch_bytes_per_partition,
+        stream_wait_empty=True,
+        stream_recovery_delay=0.0,
+        agent_supervisor=mode.CrashingSupervisor,
+        producer_acks=-1,
+    )
+
+
+def register_agents(app: faust.App, settings: Settings, processor: Processor) -> Any:
+    topic = app.topic(settings.kafka.topic, value_serializer="raw", key_serializer="raw")
+    batch_size = take_messages(settings)
+    within = settings.worker.flush_interval_s
+
+    async def aggregate_touch_batches(stream: Any) -> None:
+        async for events in stream.noack_take(batch_size, within=within):
+            raw = [
+                RawRecord(e.message.partition, e.message.offset, e.message.value) for e in events
+            ]
+            try:
+                await processor.process(raw)
+            except FlushAbandoned as e:
+                logger.warning("stopping with an unflushed batch (replayed on restart): %s", e)
+                return
+            for event in events:
+                await stream.ack(event)
+
+    return app.agent(topic, name="aggregate_touch_batches", concurrency=1)(aggregate_touch_batches)
+
+
+class Worker:
+    """The stream worker as a ``heatmap.serve.Component``."""
+
+    name = "worker"
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        clickhouse_client: Client | None = None,
+        *,
+        tuning: FaustTuning = FaustTuning(),
+    ) -> None:
+        self.settings = settings
+        self.metrics = WorkerMetrics(registry)
+        self.tuning = tuning
+        self._client = clickhouse_client
+        self._owns_client = clickhouse_client is None
+        self._app: faust.App | None = None
+        self._processor: Processor | None = None
+        self._data_dir: Path | None = None
+        self._owns_data_dir = False
+        self._joined = False
+        self._lag_task: asyncio.Task[None] | None = None
+
+    @property
+    def app(self) -> faust.App:
+        if self._app is None:
+            raise RuntimeError("worker not started")
+        return self._app
+
+    @property
+    def processor(self) -> Processor:
+        if self._processor is None:
+            raise RuntimeError("worker not started")
+        return self._processor
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.require_kafka()
+        await asyncio.to_thread(ensure_topics, settings.kafka)
+        if self._client is None:
+            self._client = await asyncio.to_thread(connect, settings.clickhouse)
+        if settings.data_dir is not None:
+            self._data_dir = settings.data_dir / "worker"
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="heatmap-worker-"))
+            self._owns_data_dir = True
+        app = create_app(settings, self._data_dir, self.tuning)
+        self._app = app
+        dead_letters = DeadLetterTopic(app, settings.kafka.topic, settings.kafka.dlq_topic)
+        self._processor = Processor(
+            ClickHouseCellStore(self._client),
+            settings.kafka.topic,
+            self.metrics,
+            dead_letters,
+            chunk_events=settings.worker.flush_max_cells,
+            retry_max_s=settings.worker.clickhouse_retry_max_s,
+        )
+        register_agents(app, settings, self._processor)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        await app.start()
+        self._lag_task = asyncio.create_task(self._watch_lag())
+        logger.info(
+            "worker started: topic %s, group %s",
+            settings.kafka.topic,
+            settings.kafka.consumer_group,
+        )
+
+    async def _on_revoked(self, app: Any, revoked: Any, **_: Any) -> None:
+        # Faust has already waited for the agent to flush and ack everything
+        # delivered, and committed: forget the partitions' state.
+        if self._processor is not None:
+            self._processor.reset()
+        logger.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def _on_assigned(self, app: Any, assigned: Any, **_: Any) -> None:
+        if self._processor is not None:
+            self._processor.reset()
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.kafka.topic)
+        self.metrics.assigned_partitions.set(len(mine))
+        self._joined = True
+        logger.info("partitions assigned: %s", mine)
+
+    async def _watch_lag(self) -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            with contextlib.suppress(Exception):
+                consumer = self.app.consumer
+                for tp in consumer.assignment():
+                    if tp.topic != self.settings.kafka.topic:
+                        continue
+                    end = consumer.highwater(tp)
+                    if end is None:
+                        continue
+                    done = self.processor.flushed_offsets.get(tp.partition, -1)
+                    self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
+                        max(0, int(end) - done - 1)
+                    )
+
+    def handlers(self) -> Sequence[grpc.GenericRpcHandler]:
+        return []
+
+    def healthy(self) -> bool:
+        if self._app is None or self._processor is None or not self._joined:
+            return False
+        if self._app.should_stop or self._app.crashed:
+            return False
+        return self._processor.failing_for() <= max(
+            60.0, self.settings.worker.clickhouse_retry_max_s
+        )
+
+    def crashed(self) -> bool:
+        return self._app is not None and bool(self._app.crashed)
+
+    async def stop(self) -> None:
+        started = time.monotonic()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+        if self._app is not None:
+            if self._processor is not None and self._processor.failing_since is not None:
+                self._processor.stop()  # ClickHouse is failing: do not block shutdown
+            await self._app.stop()
+        if self._owns_client and self._client is not None:
+            self._client.close()
+        self._client = None if self._owns_client else self._client
+        if self._owns_data_dir and self._data_dir is not None:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+        logger.info("worker stopped in %.1fs", time.monotonic() - started)

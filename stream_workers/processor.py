@@ -1,0 +1,256 @@
+"""One flush, start to finish: decode, dead-letter, deduplicate, aggregate, insert.
+
+Independent of Faust: the agent hands ``Processor.process`` the raw records
+of one ``noack_take`` batch and acks them only after it returns. The method
+returns only once everything is durably in ClickHouse (or dead-lettered); a
+failed ClickHouse call is retried with backoff for as long as it takes, never
+skipped, because Faust would commit past a single un-acked offset.
+
+Order of one flush (per chunk of at most ``chunk_events`` events, in offset
+order): ledger rows of new client batch ids, then per table and month ONE
+insert holding the rows and the marker rows, then the in-memory watermarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from schemas.touch_batch import BatchFormatError, decode_batch
+from stream_workers.aggregator import MAX_TIMESTAMP_MS, Block, Record, aggregate
+from stream_workers.dedup import BatchLedger
+from stream_workers.metrics import WorkerMetrics
+from stream_workers.sink import MAX_BLOCK_ROWS, CellStore, LedgerRow
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+DeadLetterSink = Callable[[RawRecord, str], Awaitable[None]]
+
+
+class FlushAbandoned(RuntimeError):
+    """The worker is stopping while ClickHouse fails: the batch stays un-acked (replayed later)."""
+
+
+class Processor:
+    def __init__(
+        self,
+        store: CellStore,
+        topic: str,
+        metrics: WorkerMetrics,
+        dead_letter: DeadLetterSink,
+        *,
+        chunk_events: int = 200_000,
+        retry_max_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.topic = topic
+        self.metrics = metrics
+        self._dead_letter = dead_letter
+        self.chunk_events = max(1, min(chunk_events, MAX_BLOCK_ROWS // 2))
+        self.retry_max_s = retry_max_s
+        self.watermarks: dict[tuple[str, int, int], int] = {}
+        self.ledger = BatchLedger()
+        self._loaded: set[int] = set()
+        self.flushed_offsets: dict[int, int] = {}  # partition -> highest offset done
+        self.failing_since: float | None = None
+        self.stopping = False
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def reset(self) -> None:
+        """Forget per-partition state (a rebalance: another worker may have written since)."""
+        self._loaded.clear()
+        self.watermarks.clear()
+        self.ledger.forget()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._wake.set()
+
+    def failing_for(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+    # ------------------------------------------------------------- the flush
+
+    async def process(self, raw: Sequence[RawRecord]) -> None:
+        started = time.perf_counter()
+        self.metrics.messages.inc(len(raw))
+        records: list[Record] = []
+        for item in sorted(raw, key=lambda r: (r.partition, r.offset)):
+            record, reason = self._decode(item)
+            if record is None:
+                await self._send_dead_letter(item, reason)
+            else:
+                records.append(record)
+        await self._load(sorted({r.partition for r in raw} - self._loaded))
+        chunk: list[Record] = []
+        events = 0
+        for record in records:
+            if chunk and events + len(record.batch) > self.chunk_events:
+                await self._flush(chunk)
+                chunk, events = [], 0
+            chunk.append(record)
+            events += len(record.batch)
+        if chunk:
+            await self._flush(chunk)
+        for item in raw:
+            done = self.flushed_offsets.get(item.partition, -1)
+            self.flushed_offsets[item.partition] = max(done, item.offset)
+        self.metrics.flush_seconds.observe(time.perf_counter() - started)
+
+    def _decode(self, item: RawRecord) -> tuple[Record | None, str]:
+        try:
+            if item.value is None:
+                raise BatchFormatError("empty message")
+            batch = decode_batch(item.value)
+            if int(batch.timestamp_ms.max()) >= MAX_TIMESTAMP_MS:
+                raise BatchFormatError("timestamp after 2106 (outside DateTime)")
+        except BatchFormatError as e:
+            return None, str(e)
+        except Exception as e:  # any other decoder failure is still a poison message
+            logger.exception("unexpected decode failure")
+            return None, f"decode failed: {type(e).__name__}: {e}"
+        return Record(item.partition, item.offset, batch), ""
+
+    async def _send_dead_letter(self, item: RawRecord, reason: str) -> None:
+        kind = reason.split(":")[0].split(" ")[0] or "invalid"
+        logger.warning(
+            "dead letter %s[%d]@%d: %s",
+            self.topic,
+            item.partition,
+            item.offset,
+            reason,
+            extra={"topic": self.topic, "partition": item.partition, "offset": item.offset},
+        )
+        delay = 0.1
+        while True:
+            try:
+                await self._dead_letter(item, reason)
+                break
+            except Exception as e:
+                if self.stopping:
+                    raise FlushAbandoned("stopping while the dead-letter topic fails") from e
+                logger.warning("dead-letter send failed (%s), retrying", e)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+        self.metrics.dead_letters.labels(reason=kind).inc()
+
+    async def _load(self, partitions: list[int]) -> None:
+        if not partitions:
+            return
+        marks = await self._retry(
+            "load watermarks", self.store.load_watermarks, self.topic, partitions
+        )
+        ledger = await self._retry("load ledger", self.store.load_ledger, self.topic, partitions)
+        self.watermarks.update(marks)
+        for p in partitions:
+            self.ledger.load(p, ledger.get(p, {}))
+            self._loaded.add(p)
+        logger.info(
+            "loaded state of %s[%s]: %d watermarks, %d ledger entries",
+            self.topic,
+            ",".join(map(str, partitions)),
+            len(marks),
+            sum(len(v) for v in ledger.values()),
+        )
+
+    async def _flush(self, chunk: list[Record]) -> None:
+        counted: list[Record] = []
+        ledger_rows: list[LedgerRow] = []
+        for r in chunk:
+            b = r.batch
+            if b.client_batch_id and b.batch_id:
+                duplicate, record = self.ledger.admit(r.partition, r.offset, b.user_id, b.batch_id)
+                if duplicate:
+                    self.metrics.duplicate_batches.inc()
+                    logger.info(
+                        "duplicate batch %s/%s at %s[%d]@%d dropped",
+                        b.user_id,
+                        b.batch_id,
+                        self.topic,
+                        r.partition,
+                        r.offset,
+                    )
+                    continue
+                if record:
+                    ledger_rows.append(
+                        LedgerRow(r.partition, b.user_id, b.batch_id, r.offset, b.received_at_ms)
+                    )
+            counted.append(r)
+        if ledger_rows:
+            await self._retry("ledger insert", self.store.insert_ledger, self.topic, ledger_rows)
+        if not counted:
+            return
+        blocks = await asyncio.to_thread(aggregate, counted, self.topic, dict(self.watermarks))
+        total = sum(len(r.batch) for r in counted)
+        for block in blocks:
+            await self._insert(block)
+            for partition, offset in block.markers.items():
+                key = (block.table, partition, block.month)
+                self.watermarks[key] = max(self.watermarks.get(key, -1), offset)
+            self.metrics.cells_flushed.labels(table=block.table).inc(block.rows)
+        per_table: dict[str, int] = {}
+        for block in blocks:
+            per_table[block.table] = per_table.get(block.table, 0) + block.events
+        for table, stored in per_table.items():
+            if stored < total:
+                self.metrics.replayed_events.labels(table=table).inc(total - stored)
+        self.metrics.events.inc(total)
+
+    async def _insert(self, block: Block) -> None:
+        attempts = 0
+
+        def insert() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1 and self.store.block_landed(self.topic, block):
+                logger.info("insert into %s %d had landed before failing", block.table, block.month)
+                return
+            self.store.insert_block(block)
+
+        await self._retry(f"insert into {block.table}", insert)
+
+    # --------------------------------------------------------------- retries
+
+    async def _retry(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        delay = 0.1
+        while True:
+            try:
+                result = await asyncio.to_thread(fn, *args)
+            except Exception as e:
+                self.metrics.clickhouse_failures.inc()
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
+                if self.stopping:
+                    raise FlushAbandoned(f"{what}: stopping while ClickHouse fails") from e
+                logger.warning(
+                    "%s failed, nothing committed, retrying in %.1fs: %s", what, delay, e
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if self.failing_since is not None:
+                logger.info("%s succeeded after %.1fs of failures", what, self.failing_for())
+                self.failing_since = None
+            return result
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)

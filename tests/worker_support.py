@@ -1,0 +1,211 @@
+"""Helpers for the stream-worker tests and benchmark: batches, expected counts, chDB reads.
+
+``python -m tests.worker_support query <chdb path> <database> <sql>`` prints the
+rows of a query as JSON: the pytest process owns its own chDB path and cannot
+open a worker subprocess's path, so tests read those through this command
+once the worker has exited.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from heatmap.fleet import Fleet, FleetSpec
+from schemas.touch_batch import TouchBatch, encode_batch
+
+CellKey = tuple[Any, ...]
+
+TABLE_KEYS = {
+    "touch_cells_by_user": "screen_name, user_id, campaign_id, event_type, "
+    "toUnixTimestamp(hour), cell_x, cell_y",
+    "touch_cells": "screen_name, campaign_id, event_type, toUnixTimestamp(hour), cell_x, cell_y",
+    "touch_cells_64": "screen_name, campaign_id, event_type, toUnixTimestamp(hour), cell_x, cell_y",
+}
+
+
+def fleet_batches(
+    n_batches: int,
+    events_per_batch: int = 500,
+    *,
+    spec: FleetSpec | None = None,
+    client_ids: bool = True,
+    received_at_ms: int = 1_764_115_200_000,
+) -> list[TouchBatch]:
+    """Batches of fleet events; each batch is one user's request (one screen visit per batch)."""
+    fleet = Fleet(spec or FleetSpec(users=2_000))
+    ev = fleet.events(n_batches * events_per_batch)
+    batches = []
+    for i in range(n_batches):
+        s = slice(i * events_per_batch, (i + 1) * events_per_batch)
+        user = fleet.user_id(int(ev.user[s.start]))
+        screens, screen_index = np.unique(ev.screen[s], return_inverse=True)
+        campaigns, campaign_index = np.unique(ev.campaign[s], return_inverse=True)
+        batches.append(
+            TouchBatch(
+                user_id=user,
+                batch_id=f"b-{i:07d}",
+                client_batch_id=client_ids,
+                received_at_ms=received_at_ms,
+                screen_dict=[fleet.screen_names[int(k)] for k in screens],
+                screen_index=screen_index.astype(np.uint32),
+                campaign_dict=[fleet.campaign_ids[int(k)] for k in campaigns],
+                campaign_index=campaign_index.astype(np.uint32),
+                x=ev.x[s].copy(),
+                y=ev.y[s].copy(),
+                timestamp_ms=ev.timestamp_ms[s].copy(),
+                event_type=ev.event_type[s].copy(),
+            )
+        )
+    return batches
+
+
+def shifted(batch: TouchBatch, hours: int, batch_id: str) -> TouchBatch:
+    """The same events ``hours`` earlier (late events), under another batch id."""
+    return replace(batch, batch_id=batch_id, timestamp_ms=batch.timestamp_ms - hours * 3_600_000)
+
+
+def expected_counts(batches: Iterable[TouchBatch]) -> dict[str, Counter[CellKey]]:
+    """Per table, the exact per-cell counts the worker must store (numpy, per batch)."""
+    out: dict[str, Counter[CellKey]] = {t: Counter() for t in TABLE_KEYS}
+    for b in batches:
+        screens = np.array(b.screen_dict, dtype=object)[b.screen_index]
+        campaigns = np.array(b.campaign_dict, dtype=object)[b.campaign_index]
+        hour = b.timestamp_ms // 3_600_000 * 3600
+        cx = np.minimum((b.x * np.float32(512)).astype(np.int64), 511)
+        cy = np.minimum((b.y * np.float32(512)).astype(np.int64), 511)
+        for i in range(len(b)):
+            base = (str(screens[i]), str(campaigns[i]), int(b.event_type[i]), int(hour[i]))
+            out["touch_cells_by_user"][(base[0], b.user_id, *base[1:], int(cx[i]), int(cy[i]))] += 1
+            out["touch_cells"][(*base, int(cx[i]), int(cy[i]))] += 1
+            out["touch_cells_64"][(*base, int(cx[i]) >> 3, int(cy[i]) >> 3)] += 1
+    return out
+
+
+def stored_counts_sql(table: str) -> str:
+    keys = TABLE_KEYS[table]
+    return (
+        f"SELECT {keys}, sum(events) FROM {table} WHERE screen_name != '' "
+        f"GROUP BY {keys} HAVING sum(events) > 0"
+    )
+
+
+def as_counter(rows: Iterable[Sequence[Any]]) -> Counter[CellKey]:
+    return Counter({tuple(r[:-1]): int(r[-1]) for r in rows})
+
+
+def produce(bootstrap: str, topic: str, values: Sequence[tuple[str, bytes]]) -> None:
+    """(key, value) messages, keyed by user like the gateway; waits for every ack."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4", "acks": "all"}
+    )
+    for key, value in values:
+        while True:
+            try:
+                producer.produce(topic, key=key.encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(60)
+    assert remaining == 0, f"{remaining} messages not delivered"
+
+
+def produce_batches(bootstrap: str, topic: str, batches: Sequence[TouchBatch]) -> None:
+    produce(bootstrap, topic, [(b.user_id, encode_batch(b)) for b in batches])
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe-" + topic})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        found = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def wait_committed(
+    bootstrap: str, group: str, topic: str, partitions: int, timeout_s: float = 60.0
+) -> bool:
+    target = end_offsets(bootstrap, topic, partitions)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if committed_offsets(bootstrap, group, topic, partitions) == target:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def read_messages(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "reader-" + topic,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    found = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                found.append(msg)
+                deadline = min(deadline, time.monotonic() + 2.0)
+        return found
+    finally:
+        consumer.close()
+
+
+def query_path(path: Path, database: str, sql: str) -> list[list[Any]]:
+    """Rows of ``sql`` on another chDB path, read in a fresh subprocess."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.worker_support", "query", str(path), database, sql],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    rows: list[list[Any]] = json.loads(out.stdout)
+    return rows
+
+
+def _main(argv: Sequence[str]) -> int:
+    if len(argv) != 4 or argv[0] != "query":
+        print("usage: python -m tests.worker_support query <path> <database> <sql>")
+        return 2
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{argv[1]}", database=argv[2])
+    rows = client.query(argv[3]).result_rows
+    json.dump([list(r) for r in rows], sys.stdout, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
