@@ -1,0 +1,222 @@
+"""ingest_gateway.validation: every rule and boundary, violations in order, the columnar result."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from heatmap.errors import InvalidArgument
+from ingest_gateway.validation import BatchRejected, to_batch
+from schemas.heatmap.v1 import heatmap_pb2
+from schemas.touch_batch import decode_batch, encode_batch
+
+NOW_MS = 1_790_000_000_123
+DAY_MS = 24 * 3600 * 1000
+
+
+def event(**fields: Any) -> heatmap_pb2.TouchEvent:
+    ts_ms = fields.pop("ts_ms", None)
+    values: dict[str, Any] = {"screen_name": "Home", "x": 0.5, "y": 0.5, "event_type": 1}
+    values.update(fields)
+    ev = heatmap_pb2.TouchEvent(**values)
+    if ts_ms is not None:
+        ev.timestamp.FromMilliseconds(ts_ms)
+    return ev
+
+
+def request(
+    *events: heatmap_pb2.TouchEvent, batch_id: str = ""
+) -> heatmap_pb2.IngestTouchEventsRequest:
+    return heatmap_pb2.IngestTouchEventsRequest(events=events, batch_id=batch_id)
+
+
+def fields_of(req: heatmap_pb2.IngestTouchEventsRequest) -> list[str]:
+    with pytest.raises(BatchRejected) as err:
+        to_batch(req, "user-1", NOW_MS)
+    assert isinstance(err.value, InvalidArgument)
+    assert err.value.violations, "a rejection must name at least one field"
+    return [v.field for v in err.value.violations]
+
+
+# ------------------------------------------------------------------ counts
+
+
+def test_zero_events_is_invalid() -> None:
+    assert fields_of(request()) == ["events"]
+
+
+def test_500_events_is_accepted_and_501_is_not() -> None:
+    assert len(to_batch(request(*[event()] * 500), "u", NOW_MS)) == 500
+    assert fields_of(request(*[event()] * 501)) == ["events"]
+
+
+def test_one_event_is_accepted() -> None:
+    assert len(to_batch(request(event()), "u", NOW_MS)) == 1
+
+
+# ------------------------------------------------------------------ strings
+
+
+@pytest.mark.parametrize("length", [1, 200])
+def test_screen_name_boundaries_accepted(length: int) -> None:
+    batch = to_batch(request(event(screen_name="s" * length)), "u", NOW_MS)
+    assert batch.screen_dict == ["s" * length]
+
+
+@pytest.mark.parametrize("name", ["", "s" * 201])
+def test_screen_name_boundaries_rejected(name: str) -> None:
+    assert fields_of(request(event(), event(screen_name=name))) == ["events[1].screen_name"]
+
+
+def test_lengths_count_characters_not_bytes() -> None:
+    batch = to_batch(request(event(screen_name="é" * 200, campaign_id="ß" * 200)), "u", NOW_MS)
+    assert batch.screen_dict == ["é" * 200]
+    assert fields_of(request(event(screen_name="é" * 201))) == ["events[0].screen_name"]
+
+
+def test_campaign_id_boundaries() -> None:
+    batch = to_batch(request(event(campaign_id="c" * 200), event()), "u", NOW_MS)
+    assert batch.campaign_dict == ["c" * 200, ""]
+    assert fields_of(request(event(campaign_id="c" * 201))) == ["events[0].campaign_id"]
+
+
+def test_batch_id_boundaries() -> None:
+    batch = to_batch(request(event(), batch_id="b" * 128), "u", NOW_MS)
+    assert batch.batch_id == "b" * 128
+    assert batch.client_batch_id is True
+    assert fields_of(request(event(), batch_id="b" * 129)) == ["batch_id"]
+
+
+def test_missing_batch_id_gets_a_generated_one() -> None:
+    first = to_batch(request(event()), "u", NOW_MS)
+    second = to_batch(request(event()), "u", NOW_MS)
+    assert first.client_batch_id is False
+    assert len(first.batch_id) == 32
+    int(first.batch_id, 16)  # uuid4 hex
+    assert first.batch_id != second.batch_id
+
+
+# ------------------------------------------------------------------ coordinates
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.0, 0.25])
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_coordinates_accepted(axis: str, value: float) -> None:
+    batch = to_batch(request(event(**{axis: value})), "u", NOW_MS)
+    assert float(getattr(batch, axis)[0]) == value
+
+
+@pytest.mark.parametrize("value", [-0.0001, 1.0001, math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_coordinates_rejected(axis: str, value: float) -> None:
+    assert fields_of(request(event(), event(), event(), event(**{axis: value}))) == [
+        f"events[3].{axis}"
+    ]
+
+
+# ------------------------------------------------------------------ event type
+
+
+@pytest.mark.parametrize("kind", [1, 2, 3])
+def test_event_types_accepted(kind: int) -> None:
+    assert to_batch(request(event(event_type=kind)), "u", NOW_MS).event_type.tolist() == [kind]
+
+
+@pytest.mark.parametrize("kind", [0, 4, 99, -1])
+def test_unspecified_and_unknown_event_types_rejected(kind: int) -> None:
+    assert fields_of(request(event(event_type=kind))) == ["events[0].event_type"]
+
+
+# ------------------------------------------------------------------ timestamps
+
+
+def test_unset_timestamp_gets_receive_time_and_explicit_epoch_is_kept() -> None:
+    epoch = event()
+    epoch.timestamp.SetInParent()  # explicitly 1970-01-01T00:00:00Z
+    batch = to_batch(request(event(), epoch, event(ts_ms=NOW_MS - 5000)), "u", NOW_MS)
+    assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS - 5000]
+    assert batch.received_at_ms == NOW_MS
+
+
+def test_timestamp_24h_ahead_is_the_last_accepted() -> None:
+    batch = to_batch(request(event(ts_ms=NOW_MS + DAY_MS)), "u", NOW_MS)
+    assert batch.timestamp_ms.tolist() == [NOW_MS + DAY_MS]
+    assert fields_of(request(event(ts_ms=NOW_MS + DAY_MS + 1))) == ["events[0].timestamp"]
+
+
+def test_timestamp_truncates_to_milliseconds() -> None:
+    ev = event()
+    ev.timestamp.seconds, ev.timestamp.nanos = 1_700_000_000, 999_999_999
+    assert to_batch(request(ev), "u", NOW_MS).timestamp_ms.tolist() == [1_700_000_000_999]
+
+
+@pytest.mark.parametrize(("seconds", "nanos"), [(-1, 0), (-1, 999_999_999), (10, -1), (10, 10**9)])
+def test_timestamps_before_1970_or_with_bad_nanos_rejected(seconds: int, nanos: int) -> None:
+    ev = event()
+    ev.timestamp.seconds, ev.timestamp.nanos = seconds, nanos
+    assert fields_of(request(ev)) == ["events[0].timestamp"]
+
+
+# ------------------------------------------------------------------ all-or-nothing
+
+
+def test_every_violation_is_listed_in_request_order() -> None:
+    req = request(
+        event(x=2.0, y=math.nan),
+        event(),
+        event(screen_name="", event_type=0, campaign_id="c" * 201),
+        event(ts_ms=NOW_MS + 2 * DAY_MS),
+        batch_id="b" * 129,
+    )
+    assert fields_of(req) == [
+        "batch_id",
+        "events[0].x",
+        "events[0].y",
+        "events[2].screen_name",
+        "events[2].campaign_id",
+        "events[2].event_type",
+        "events[3].timestamp",
+    ]
+
+
+def test_reasons_drop_indexes() -> None:
+    with pytest.raises(BatchRejected) as err:
+        to_batch(request(event(x=2.0), event(x=-1.0, event_type=0)), "u", NOW_MS)
+    assert err.value.reasons == {"events.x", "events.event_type"}
+
+
+def test_violation_descriptions_say_what_is_wrong() -> None:
+    with pytest.raises(BatchRejected) as err:
+        to_batch(request(event(x=math.inf)), "u", NOW_MS)
+    assert "finite" in err.value.violations[0].description
+
+
+# ------------------------------------------------------------------ columnar result
+
+
+def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
+    req = request(
+        event(screen_name="Home", campaign_id="", x=0.0, y=1.0, event_type=1, ts_ms=1_000),
+        event(screen_name="Cart", campaign_id="spring", x=0.25, y=0.75, event_type=3),
+        event(screen_name="Home", campaign_id="spring", x=1.0, y=0.0, event_type=2, ts_ms=2_000),
+        batch_id="retry-key",
+    )
+    batch = to_batch(req, "device-7", NOW_MS)
+    decoded = decode_batch(encode_batch(batch))
+    assert decoded.user_id == "device-7"
+    assert decoded.batch_id == "retry-key"
+    assert decoded.client_batch_id is True
+    assert decoded.received_at_ms == NOW_MS
+    assert decoded.screen_dict == ["Home", "Cart"]
+    assert decoded.screen_index.tolist() == [0, 1, 0]
+    assert decoded.campaign_dict == ["", "spring"]
+    assert decoded.campaign_index.tolist() == [0, 1, 1]
+    assert decoded.x.tolist() == [0.0, 0.25, 1.0]
+    assert decoded.y.tolist() == [1.0, 0.75, 0.0]
+    assert decoded.timestamp_ms.tolist() == [1_000, NOW_MS, 2_000]
+    assert decoded.event_type.tolist() == [1, 3, 2]
+    assert batch.x.dtype == np.float32
+    assert batch.event_type.dtype == np.uint8
