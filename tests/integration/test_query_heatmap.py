@@ -186,8 +186,8 @@ async def query_api(
     settings: Settings,
     screenshots: ScreenshotStore | None = None,
     registry: CollectorRegistry | None = None,
-) -> AsyncIterator[tuple[grpc.aio.Channel, QueryService]]:
-    """QueryService behind heatmap.serve on a loopback port; stopped on exit."""
+) -> AsyncIterator[tuple[grpc.aio.Channel, QueryService, str]]:
+    """(channel, service, target): QueryService behind heatmap.serve on loopback."""
     registry = registry or CollectorRegistry()
     service = QueryService(settings, registry, screenshots=screenshots)
     stop = asyncio.Event()
@@ -212,8 +212,9 @@ async def query_api(
         ("grpc.max_receive_message_length", 32 << 20),
     ]
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready.result()}", options=options) as ch:
-            yield ch, service
+        target = f"127.0.0.1:{ready.result()}"
+        async with grpc.aio.insecure_channel(target, options=options) as ch:
+            yield ch, service, target
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -298,7 +299,7 @@ async def test_exact_counts_every_grid_filter_and_mode(settings: Settings) -> No
         )
     ]
     filter_sets.append(Filters(screen="Cart", campaign="c2", types=(1,)))
-    async with query_api(settings) as (channel, _):
+    async with query_api(settings) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         for grid in (8, 64, 512, 0, 128):
             for f in filter_sets:
@@ -319,7 +320,7 @@ async def test_hand_checked_cells_and_hour_edges(settings: Settings) -> None:
         Ev("Home", "", 2, "b", H10 + dt.timedelta(hours=1, minutes=31), 0.5, 0.125),
     ]
     insert_events(settings.clickhouse, events)
-    async with query_api(settings) as (channel, _):
+    async with query_api(settings) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         h11 = H10 + dt.timedelta(hours=1)
         r = await stub.QueryHeatmapData(
@@ -371,7 +372,7 @@ async def test_per_user_ordering_highest_first(settings: Settings) -> None:
         + [Ev("Home", "", 1, "mid", t, 0.3, 0.3) for _ in range(3)]
     )
     insert_events(settings.clickhouse, events)
-    async with query_api(settings) as (channel, _):
+    async with query_api(settings) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         r = await stub.QueryHeatmapData(
             pb.QueryHeatmapDataRequest(screen_name="Home", mode=pb.PER_USER, grid_size=64),
@@ -390,7 +391,7 @@ async def test_per_user_answer_is_bounded(settings: Settings) -> None:
     events = [Ev("Home", "", 1, f"user-{i}", H10, i / 10, 0.5) for i in range(10)]
     insert_events(settings.clickhouse, events)
     small = replace(settings, query=QuerySettings(max_per_user_points=9))
-    async with query_api(small) as (channel, _):
+    async with query_api(small) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.QueryHeatmapData(
@@ -411,7 +412,7 @@ async def test_per_user_answer_is_bounded(settings: Settings) -> None:
 
 
 async def test_invalid_requests_name_the_field(settings: Settings) -> None:
-    async with query_api(settings) as (channel, _):
+    async with query_api(settings) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         for request, field in [
             (pb.QueryHeatmapDataRequest(screen_name=""), "screen_name"),
@@ -438,7 +439,7 @@ async def test_invalid_requests_name_the_field(settings: Settings) -> None:
 async def test_auth_health_reflection_and_metrics(settings: Settings) -> None:
     insert_events(settings.clickhouse, make_events(n=50))
     registry = CollectorRegistry()
-    async with query_api(settings, registry=registry) as (channel, _):
+    async with query_api(settings, registry=registry) as (channel, _, _):
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         request = pb.QueryHeatmapDataRequest(screen_name="Home")
         with pytest.raises(grpc.aio.AioRpcError) as err:
