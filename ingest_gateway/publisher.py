@@ -90,6 +90,9 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         "socket.keepalive.enable": True,
         "reconnect.backoff.ms": 100,
         "reconnect.backoff.max.ms": 1000,
+        # librdkafka's own log lines go through Python logging (JSON), not stderr.
+        "logger": logging.getLogger("ingest_gateway.librdkafka"),
+        "log.connection.close": False,
     }
 
 
@@ -117,6 +120,7 @@ class KafkaPublisher:
         self._probe: asyncio.Task[None] | None = None
         self._running = threading.Event()
         self._healthy = False
+        self._fatal = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -188,14 +192,21 @@ class KafkaPublisher:
     # ------------------------------------------------------------ internals
 
     def _poll_loop(self) -> None:
-        producer = self._producer
-        assert producer is not None
         while self._running.is_set():
+            producer = self._producer  # replaced after a fatal error
+            if producer is None:
+                break
             # Releases the GIL while it waits; delivery callbacks run here.
             producer.poll(0.05)
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if error.fatal():
+            # The idempotent producer cannot continue (e.g. the broker lost
+            # acknowledged data); the probe replaces it with a fresh one.
+            logger.critical("Kafka producer fatal error: %s", error.str())
+            self._fatal = True
+            self._healthy = False
+        elif error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             if self._healthy:
                 logger.warning("Kafka unreachable: %s", error.str())
             self._healthy = False
@@ -206,6 +217,8 @@ class KafkaPublisher:
         """While unhealthy, ask the broker for the topic's metadata until it answers."""
         was: bool | None = None
         while True:
+            if self._fatal:
+                self._replace_producer()
             if not self._healthy:
                 self._healthy = await asyncio.to_thread(self._topic_reachable)
             if self._healthy != was:
@@ -217,6 +230,14 @@ class KafkaPublisher:
                 )
                 was = self._healthy
             await asyncio.sleep(self._probe_interval_s)
+
+    def _replace_producer(self) -> None:
+        old, self._producer = self._producer, Producer(self._config)
+        self._fatal = False
+        logger.warning("Kafka producer replaced after a fatal error")
+        if old is not None:
+            # Its queued messages fail (their callers get UNAVAILABLE and retry).
+            old.purge()
 
     def _topic_reachable(self) -> bool:
         producer = self._producer
