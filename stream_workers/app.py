@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 import grpc
@@ -174,8 +174,8 @@ class Worker:
             retry_max_s=settings.worker.clickhouse_retry_max_s,
         )
         register_agents(app, settings, self._processor)
-        app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
+        app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         await app.start()
         self._lag_task = asyncio.create_task(self._watch_lag())
         logger.info(
@@ -184,14 +184,16 @@ class Worker:
             settings.kafka.consumer_group,
         )
 
-    async def _on_revoked(self, app: Any, revoked: Any, **_: Any) -> None:
+    async def _on_revoked(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", set())
         # Faust has already waited for the agent to flush and ack everything
         # delivered, and committed: forget the partitions' state.
         if self._processor is not None:
             self._processor.reset()
         logger.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
-    async def _on_assigned(self, app: Any, assigned: Any, **_: Any) -> None:
+    async def _on_assigned(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        assigned = args[0] if args else kwargs.get("assigned", set())
         if self._processor is not None:
             self._processor.reset()
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.kafka.topic)

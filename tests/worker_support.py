@@ -40,10 +40,11 @@ def fleet_batches(
     *,
     spec: FleetSpec | None = None,
     client_ids: bool = True,
-    received_at_ms: int = 1_764_115_200_000,
+    received_at_ms: int | None = None,
 ) -> list[TouchBatch]:
     """Batches of fleet events; each batch is one user's request (one screen visit per batch)."""
     fleet = Fleet(spec or FleetSpec(users=2_000))
+    received = int(time.time() * 1000) if received_at_ms is None else received_at_ms
     ev = fleet.events(n_batches * events_per_batch)
     batches = []
     for i in range(n_batches):
@@ -56,7 +57,7 @@ def fleet_batches(
                 user_id=user,
                 batch_id=f"b-{i:07d}",
                 client_batch_id=client_ids,
-                received_at_ms=received_at_ms,
+                received_at_ms=received,
                 screen_dict=[fleet.screen_names[int(k)] for k in screens],
                 screen_index=screen_index.astype(np.uint32),
                 campaign_dict=[fleet.campaign_ids[int(k)] for k in campaigns],

@@ -1,0 +1,193 @@
+"""The numpy aggregator and Native encoder, checked against a per-event count (no I/O)."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from schemas.touch_batch import TouchBatch
+from stream_workers.aggregator import (
+    TABLE_NAMES,
+    Block,
+    Record,
+    _group,
+    aggregate,
+    cells,
+    month_start,
+    yyyymm,
+)
+from stream_workers.dedup import BatchLedger
+from stream_workers.native import varint
+from tests.worker_support import expected_counts, fleet_batches, shifted
+
+
+def read_native(payload: bytes) -> dict[str, list[Any]]:
+    """A reader for the few types the worker writes (the test's own, independent of native.py)."""
+    pos = 0
+
+    def uvarint() -> int:
+        nonlocal pos
+        shift = result = 0
+        while True:
+            byte = payload[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    def text() -> str:
+        nonlocal pos
+        size = uvarint()
+        value = payload[pos : pos + size].decode()
+        pos += size
+        return value
+
+    formats = {"UInt8": "B", "UInt16": "H", "UInt32": "I", "UInt64": "Q", "Int64": "q"}
+    n_columns, n_rows = uvarint(), uvarint()
+    columns: dict[str, list[Any]] = {}
+    for _ in range(n_columns):
+        name, kind = text(), text()
+        if kind == "String":
+            columns[name] = [text() for _ in range(n_rows)]
+        else:
+            fmt = "<" + formats[kind] * n_rows
+            columns[name] = list(struct.unpack_from(fmt, payload, pos))
+            pos += struct.calcsize(fmt)
+    assert pos == len(payload)
+    return columns
+
+
+def stored(blocks: list[Block], topic: str = "t") -> tuple[dict[str, Counter[Any]], list[Any]]:
+    counts: dict[str, Counter[Any]] = {t: Counter() for t in TABLE_NAMES}
+    markers = []
+    for block in blocks:
+        cols = read_native(block.payload)
+        assert tuple(cols) == block.column_names
+        for i in range(len(cols["screen_name"])):
+            if cols["screen_name"][i] == "":
+                markers.append(
+                    (block.table, block.month, cols["campaign_id"][i], cols["source_offset"][i])
+                )
+                assert cols["events"][i] == 0
+                assert yyyymm(np.array([cols["hour"][i]]))[0] == block.month
+                continue
+            key = [cols["screen_name"][i]]
+            if "user_id" in cols:
+                key.append(cols["user_id"][i])
+            key += [cols[c][i] for c in ("campaign_id", "event_type", "hour", "cell_x", "cell_y")]
+            assert yyyymm(np.array([cols["hour"][i]]))[0] == block.month
+            counts[block.table][tuple(key)] += cols["events"][i]
+    return counts, markers
+
+
+def test_cells_floor_and_clamp() -> None:
+    v = np.array([0.0, 0.001, 0.5, 0.999, 1.0, 1 / 512, 0.0], np.float32)
+    v[-1] = np.nextafter(np.float32(1 / 512), np.float32(0))
+    assert cells(v, 512).tolist() == [0, 0, 256, 511, 511, 1, 0]
+    assert cells(v, 64).tolist() == [0, 0, 32, 63, 63, 0, 0]
+    # every grid of the contract is an exact roll-up of the 512 grid
+    rng = np.random.default_rng(1).random(100_000, dtype=np.float32)
+    for g in (8, 16, 32, 64, 128, 256):
+        assert np.array_equal(cells(rng, 512) // (512 // g), cells(rng, g))
+
+
+def test_month_helpers() -> None:
+    assert yyyymm(np.array([0, 1_795_651_200, 1_798_761_599, 1_798_761_600])).tolist() == [
+        197001,
+        202611,
+        202612,
+        202701,
+    ]
+    assert month_start(202612) == 1_796_083_200
+
+
+def test_aggregate_counts_every_event_once_in_every_table() -> None:
+    batches = fleet_batches(60, 500)
+    late = [shifted(batches[0], 24 * 40, "late-1")]  # 40 days earlier: another month
+    records = [Record(i % 3, i // 3, b) for i, b in enumerate(batches + late)]
+    blocks = aggregate(records, "t", {})
+    counts, markers = stored(blocks)
+    expected = expected_counts(batches + late)
+    for table in TABLE_NAMES:
+        assert counts[table] == expected[table], table
+    assert {(b.table, b.month) for b in blocks} == {
+        (t, m) for t in TABLE_NAMES for m in (202610, 202611)
+    }
+    # one marker per (table, month, source partition), carrying the flush's highest offset
+    highest = {p: max(r.offset for r in records if r.partition == p) for p in range(3)}
+    assert sorted(markers) == sorted(
+        (t, m, f"t#{p}", highest[p])
+        for t in TABLE_NAMES
+        for m in (202610, 202611)
+        for p in range(3)
+    )
+    assert all(b.rows == len(read_native(b.payload)["events"]) - 3 for b in blocks)
+
+
+def test_watermarks_drop_events_already_stored_per_table_and_month() -> None:
+    batches = fleet_batches(10, 100)
+    records = [Record(0, 100 + i, b) for i, b in enumerate(batches)]
+    # touch_cells_by_user holds offsets <= 104 of November; the others hold nothing.
+    blocks = aggregate(records, "t", {("touch_cells_by_user", 0, 202611): 104})
+    counts, _ = stored(blocks)
+    assert counts["touch_cells_by_user"] == expected_counts(batches[5:])["touch_cells_by_user"]
+    assert counts["touch_cells"] == expected_counts(batches)["touch_cells"]
+    # a watermark of another month or partition does not hide these events
+    blocks = aggregate(
+        records, "t", {("touch_cells", 0, 202610): 999, ("touch_cells", 1, 202611): 999}
+    )
+    assert stored(blocks)[0]["touch_cells"] == expected_counts(batches)["touch_cells"]
+    # everything stored: nothing to insert
+    all_done = {(t, 0, 202611): 109 for t in TABLE_NAMES}
+    assert aggregate(records, "t", all_done) == []
+
+
+def test_many_users_and_hours() -> None:
+    batch = fleet_batches(1, 200)[0]
+    records = []
+    for i in range(300):
+        b = TouchBatch(
+            **{
+                **batch.__dict__,
+                "user_id": f"u{i}",
+                "timestamp_ms": batch.timestamp_ms + i * 3_600_000 * 24 * 7,
+            }
+        )
+        records.append(Record(0, i, b))
+    counts, _ = stored(aggregate(records, "t", {}))
+    assert counts == expected_counts(r.batch for r in records)
+
+
+def test_group_falls_back_to_row_unique_for_wide_keys() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 5, 1000), rng.integers(0, 7, 1000)
+    for radix in (10, 2**40):  # packed int64 key, then np.unique over rows
+        (ua, ub), counts = _group([(a, radix), (b, radix)])
+        assert Counter(
+            dict(zip(zip(ua.tolist(), ub.tolist(), strict=True), counts.tolist(), strict=True))
+        ) == Counter(zip(a.tolist(), b.tolist(), strict=True))
+
+
+def test_ledger_duplicate_only_at_a_higher_offset() -> None:
+    ledger = BatchLedger()
+    ledger.load(0, {("u", "b1"): 10})
+    assert ledger.admit(0, 10, "u", "b1") == (False, False)  # the first copy, replayed
+    assert ledger.admit(0, 11, "u", "b1") == (True, False)  # a retry
+    assert ledger.admit(0, 5, "u", "b2") == (False, True)  # new
+    assert ledger.admit(1, 12, "u", "b1") == (False, True)  # another partition
+    ledger.forget()
+    assert not ledger.loaded(0)
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**32])
+def test_varint(value: int) -> None:
+    encoded = varint(value)
+    decoded = sum((b & 0x7F) << (7 * i) for i, b in enumerate(encoded))
+    assert decoded == value
+    assert all(b & 0x80 for b in encoded[:-1])
+    assert not encoded[-1] & 0x80
