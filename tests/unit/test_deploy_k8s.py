@@ -1,0 +1,243 @@
+"""deploy/k8s: the manifests parse, follow the deployment rules, and pass schema validation.
+
+Schema validation uses kubernetes-validate (PyPI, the Kubernetes OpenAPI
+schemas bundled offline) in strict mode on every source manifest. When a
+``kustomize`` binary is on PATH or in ~/.cache/heatmap/bin, the base and the
+overlays are also rendered and the rendered output validated; otherwise that
+test is skipped (see docs/operations.md for building it). KEDA's ScaledObject
+is a CRD with no bundled schema: its fields are checked here by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy/k8s"
+BASE = K8S / "base"
+OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+K8S_VERSIONS = ("1.29.0", "1.33.0")  # oldest and newest we claim to support, as tested
+APP_DEPLOYMENTS = ("gateway", "query-api", "worker")
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    out: list[dict[str, Any]] = []
+    for entry in kustomization["resources"]:
+        path = BASE / entry
+        if path.is_file():
+            out.extend(_docs(path))
+    return out
+
+
+def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in _resources() if d["kind"] == kind}
+
+
+def _config_env() -> dict[str, str]:
+    pairs = {}
+    for line in (BASE / "config.env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    listed = {e for e in kustomization["resources"] if not e.startswith("..")}
+    on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    for entry in kustomization["resources"]:
+        assert (BASE / entry).exists(), entry
+    assert (BASE / "../../envoy/kustomization.yaml").resolve().is_file()
+    [generator] = kustomization["configMapGenerator"]
+    assert generator["name"] == "heatmap-config"
+    assert (BASE / generator["envs"][0]).is_file()
+
+
+def test_every_document_is_a_named_kubernetes_object() -> None:
+    for doc in _resources():
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        assert doc["metadata"]["name"]
+
+
+@pytest.mark.parametrize("name", APP_DEPLOYMENTS)
+def test_app_deployments_probe_grpc_health_and_bound_resources(name: str) -> None:
+    deployment = _by_kind("Deployment")[name]
+    pod = deployment["spec"]["template"]["spec"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    [container] = pod["containers"]
+    assert container["image"] == "touch-heatmaps"  # tag set by kustomize `images`
+    assert container["args"] == [name]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["grpc"] == {"port": 50051}, probe
+    assert (
+        container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"]
+        >= 60
+    ), "liveness must outlast a short backing-system outage"
+    resources = container["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"cpu", "memory"}
+    assert {r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r} == {
+        "heatmap-config"
+    }
+    assert {r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r} == {
+        "heatmap-secrets"
+    }
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's uid
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": 50051, "metrics": 9464}
+
+
+def test_every_container_has_requests_and_limits() -> None:
+    for doc in _resources():
+        if doc["kind"] in ("Deployment", "Job"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                assert container["resources"]["requests"], doc["metadata"]["name"]
+                assert container["resources"]["limits"], doc["metadata"]["name"]
+
+
+def test_every_deployment_has_a_disruption_budget() -> None:
+    budgets = _by_kind("PodDisruptionBudget")
+    for name, deployment in _by_kind("Deployment").items():
+        labels = deployment["spec"]["selector"]["matchLabels"]
+        assert budgets[name]["spec"]["selector"]["matchLabels"] == labels
+
+
+@pytest.mark.parametrize("name", ["gateway", "query-api", "envoy"])
+def test_stateless_deployments_scale_on_cpu(name: str) -> None:
+    hpa = _by_kind("HorizontalPodAutoscaler")[name]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": name,
+    }
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert hpa["spec"]["minReplicas"] >= 2
+
+
+def test_workers_scale_on_lag_capped_at_the_partition_count() -> None:
+    assert "worker" not in _by_kind("HorizontalPodAutoscaler")  # KEDA makes its own
+    scaled = _by_kind("ScaledObject")["worker"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"]["name"] == "worker"
+    env = _config_env()
+    assert spec["maxReplicaCount"] == int(env["HEATMAP_KAFKA_PARTITIONS"])
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["bootstrapServers"] == env["HEATMAP_KAFKA_BOOTSTRAP"]
+    assert meta["consumerGroup"] == env["HEATMAP_KAFKA_CONSUMER_GROUP"]
+    assert meta["topic"] == env["HEATMAP_KAFKA_TOPIC"]
+    assert meta["allowIdleConsumers"] == "false"
+    assert int(meta["lagThreshold"]) > 0
+    # every metadata value is a string, as the CRD requires
+    assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_one_shot_jobs_init_topics_and_migrate() -> None:
+    jobs = _by_kind("Job")
+    migrate = jobs["heatmap-migrate"]["spec"]["template"]["spec"]
+    assert migrate["containers"][0]["args"] == ["migrate"]
+    assert migrate["restartPolicy"] == "OnFailure"
+    init = jobs["heatmap-init"]["spec"]["template"]["spec"]["containers"][0]
+    assert init["command"][:2] == ["python", "/usr/local/bin/heatmap-bootstrap"]
+
+
+def test_cluster_overlay_runs_migrate_on_cluster() -> None:
+    overlay = yaml.safe_load((K8S / "overlays/clickhouse-cluster/kustomization.yaml").read_text())
+    [patch] = overlay["patches"]
+    assert patch["target"]["name"] == "heatmap-migrate"
+    [op] = yaml.safe_load(patch["patch"])
+    assert op["value"][:2] == ["migrate", "--cluster"]
+
+
+def test_config_and_secret_hold_only_known_settings() -> None:
+    secret = _by_kind("Secret")["heatmap-secrets"]
+    keys = set(_config_env()) | set(secret["stringData"])
+    assert all(k.startswith("HEATMAP_") for k in keys)
+    assert not set(_config_env()) & set(secret["stringData"])
+    for key in ("HEATMAP_CLICKHOUSE_URL", "HEATMAP_S3_SECRET_KEY"):
+        assert key in secret["stringData"], "secrets stay out of the ConfigMap"
+
+
+# ------------------------------------------------------------ schema validation
+
+
+def _validate(docs: list[dict[str, Any]], version: str) -> list[str]:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    problems = []
+    checked = 0
+    for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # CRD: no bundled schema, checked field by field above
+        try:
+            kv.validate(doc, version, strict=True)
+            checked += 1
+        except kv.ValidationError as e:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {e.message}")
+    assert checked > 10
+    return problems
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_source_manifests_pass_kubernetes_schemas(version: str) -> None:
+    assert _validate(_resources(), version) == []
+
+
+def _kustomize() -> str | None:
+    found = shutil.which("kustomize")
+    if found:
+        return found
+    cached = Path(os.environ.get("HEATMAP_CACHE_DIR") or Path.home() / ".cache/heatmap")
+    candidate = cached / "bin/kustomize"
+    return str(candidate) if candidate.is_file() else None
+
+
+@pytest.mark.parametrize("target", [BASE, *OVERLAYS], ids=lambda p: p.name)
+def test_kustomize_build_renders_valid_manifests(target: Path) -> None:
+    kustomize = _kustomize()
+    if kustomize is None:
+        pytest.skip("no kustomize binary (go install sigs.k8s.io/kustomize/kustomize/v5)")
+    done = subprocess.run(
+        [kustomize, "build", str(target)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    kinds = {(d["kind"], d["metadata"]["name"].rsplit("-", 1)[0]) for d in docs}
+    assert ("ConfigMap", "envoy-config") in kinds
+    assert ("ConfigMap", "heatmap-config") in kinds
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "heatmap"
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("envoy-config"):
+            assert doc["data"]["envoy.yaml"] == (ROOT / "deploy/envoy/envoy.yaml").read_text()
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert all(":" in image for image in images), images
+    assert _validate(docs, K8S_VERSIONS[-1]) == []
