@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from schemas.touch_batch import BatchFormatError, decode_batch
-from stream_workers.aggregator import MAX_TIMESTAMP_MS, Block, Record, aggregate
+from stream_workers.aggregator import MAX_TIMESTAMP_MS, TABLE_NAMES, Block, Record, aggregate
 from stream_workers.dedup import BatchLedger
 from stream_workers.metrics import WorkerMetrics
 from stream_workers.sink import MAX_BLOCK_ROWS, CellStore, LedgerRow
@@ -205,12 +205,18 @@ class Processor:
                 key = (block.table, partition, block.month)
                 self.watermarks[key] = max(self.watermarks.get(key, -1), offset)
             self.metrics.cells_flushed.labels(table=block.table).inc(block.rows)
-        per_table: dict[str, int] = {}
+        per_table = dict.fromkeys(TABLE_NAMES, 0)
         for block in blocks:
             per_table[block.table] = per_table.get(block.table, 0) + block.events
         for table, stored in per_table.items():
             if stored < total:
                 self.metrics.replayed_events.labels(table=table).inc(total - stored)
+                logger.info(
+                    "replay: %d of %d events already stored in %s (offset watermarks)",
+                    total - stored,
+                    total,
+                    table,
+                )
         self.metrics.events.inc(total)
 
     async def _insert(self, block: Block) -> None:

@@ -1,0 +1,196 @@
+"""The stream worker in the test process: real Kafka broker, the session's chDB store.
+
+Exact counts with duplicates, poison and late events; a full replay under a
+new consumer group changes nothing (the offset watermarks in ClickHouse);
+ClickHouse failing mid-run: retries, nothing committed, nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry
+
+from heatmap.clickhouse import connect
+from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings, WorkerSettings
+from schemas.kafka.v1 import touch_batch_pb2
+from schemas.touch_batch import encode_batch
+from stream_workers.app import FaustTuning, Worker
+from tests.worker_support import (
+    TABLE_KEYS,
+    as_counter,
+    committed_offsets,
+    end_offsets,
+    expected_counts,
+    fleet_batches,
+    produce,
+    produce_batches,
+    read_messages,
+    shifted,
+    stored_counts_sql,
+)
+
+FAST = FaustTuning(session_timeout_s=6.0, rebalance_timeout_s=15.0, commit_interval_s=0.2)
+
+
+@pytest.fixture
+def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
+    c = connect(clickhouse)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
+    return replace(
+        Settings(),
+        kafka=replace(kafka_settings, partitions=3, consumer_group="g-" + kafka_settings.topic),
+        clickhouse=clickhouse,
+        worker=WorkerSettings(
+            flush_interval_s=0.3, flush_max_cells=20_000, clickhouse_retry_max_s=1
+        ),
+    )
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[list[Worker]]:
+    workers: list[Worker] = []
+    yield workers
+    for w in workers:
+        await w.stop()
+
+
+async def start_worker(
+    settings: Settings, client: Client, started: list[Worker]
+) -> tuple[Worker, CollectorRegistry]:
+    registry = CollectorRegistry()
+    worker = Worker(settings, registry, client, tuning=FAST)
+    started.append(worker)
+    await worker.start()
+    return worker, registry
+
+
+async def wait_all_committed(settings: Settings, timeout_s: float = 60.0) -> None:
+    k = settings.kafka
+    assert k.bootstrap
+    target = await asyncio.to_thread(end_offsets, k.bootstrap, k.topic, 3)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = await asyncio.to_thread(committed_offsets, k.bootstrap, k.consumer_group, k.topic, 3)
+        if got == target:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"committed {got} never reached {target}")
+
+
+def metric(registry: CollectorRegistry, name: str) -> float:
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
+
+
+def assert_exact(client: Client, batches: list) -> None:  # type: ignore[type-arg]
+    expected = expected_counts(batches)
+    for table in TABLE_KEYS:
+        got = as_counter(client.query(stored_counts_sql(table)).result_rows)
+        assert got == expected[table], table
+
+
+def poison_messages() -> list[tuple[str, bytes]]:
+    unknown_version = touch_batch_pb2.TouchBatch(
+        format_version=2,
+        user_id="u",
+        screen_dict=["Home"],
+        screen_index=[0],
+        campaign_dict=[""],
+        campaign_index=[0],
+        x=[0.5],
+        y=[0.5],
+        timestamp_ms=[1],
+        event_type=[1],
+    ).SerializeToString()
+    bad = fleet_batches(1, 10)[0]
+    out_of_range = encode_batch(replace(bad, x=np.full(10, 1.5, np.float32)))
+    return [("p1", b"\xff\xfe not protobuf"), ("p2", unknown_version), ("p3", out_of_range)]
+
+
+async def test_exact_counts_with_duplicates_poison_late_events_and_a_full_replay(
+    settings: Settings, client: Client, started: list[Worker]
+) -> None:
+    k = settings.kafka
+    assert k.bootstrap
+    batches = fleet_batches(60, 500)
+    retries = batches[:4]  # same user and client batch id: counted once
+    generated = [replace(b, client_batch_id=False) for b in fleet_batches(2, 100, client_ids=False)]
+    late = [shifted(batches[10], 30 * 24, "late-1"), shifted(batches[11], 3, "late-2")]
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, batches)
+    await asyncio.to_thread(produce, k.bootstrap, k.topic, poison_messages())
+    await asyncio.to_thread(
+        produce_batches, k.bootstrap, k.topic, retries + generated + generated + late
+    )
+
+    worker, registry = await start_worker(settings, client, started)
+    await wait_all_committed(settings)
+    assert worker.healthy()
+    # generated ids are not deduplicated: the second copy is another request
+    assert_exact(client, batches + generated + generated + late)
+    late_hours = client.query(
+        "SELECT DISTINCT toUnixTimestamp(hour) FROM touch_cells WHERE screen_name != '' "
+        "AND hour < toDateTime({h:UInt32}, 'UTC')",
+        parameters={"h": int(batches[0].timestamp_ms.min() // 1000 // 3600 * 3600)},
+    ).result_rows
+    assert late_hours, "late events were not stored in their own (earlier) hours"
+    assert metric(registry, "heatmap_worker_dead_letters_total") == 3
+    assert metric(registry, "heatmap_worker_duplicate_batches_total") == 4
+    total = sum(len(b) for b in batches + generated + generated + late)
+    assert metric(registry, "heatmap_worker_events_aggregated_total") == total
+    assert metric(registry, "heatmap_worker_cells_flushed_total") > 0
+    dead = await asyncio.to_thread(read_messages, k.bootstrap, k.dlq_topic)
+    assert len(dead) == 3
+    sources = sorted(dict(m.headers())["heatmap-source"].decode() for m in dead)
+    assert all(s.startswith(f"{k.topic}[") and "]@" in s for s in sources)
+    await worker.stop()
+    started.remove(worker)
+
+    # A new group replays the whole topic: the watermarks drop every event already stored.
+    replay = replace(settings, kafka=replace(k, consumer_group=k.consumer_group + "-replay"))
+    _, registry2 = await start_worker(replay, client, started)
+    await wait_all_committed(replay)
+    assert_exact(client, batches + generated + generated + late)
+    assert metric(registry2, "heatmap_worker_replayed_events_total") >= 3 * total
+    assert metric(registry2, "heatmap_worker_cells_flushed_total") == 0
+
+
+async def test_clickhouse_failing_retries_commits_nothing_and_recovers(
+    settings: Settings, client: Client, started: list[Worker]
+) -> None:
+    k = settings.kafka
+    assert k.bootstrap
+    first, second = fleet_batches(40, 500), fleet_batches(40, 500, spec=None)[::-1]
+    second = [replace(b, batch_id="w2-" + b.batch_id) for b in second]
+    worker, registry = await start_worker(settings, client, started)
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, first)
+    await wait_all_committed(settings)
+    before = await asyncio.to_thread(committed_offsets, k.bootstrap, k.consumer_group, k.topic, 3)
+
+    # The middle table goes away: the by-user insert of a flush lands, touch_cells fails.
+    client.command("DETACH TABLE touch_cells")
+    try:
+        await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, second)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            now = await asyncio.to_thread(
+                committed_offsets, k.bootstrap, k.consumer_group, k.topic, 3
+            )
+            assert now == before, "offsets committed while ClickHouse was failing"
+            await asyncio.sleep(0.5)
+        assert metric(registry, "heatmap_worker_clickhouse_failures_total") >= 2
+        assert worker.healthy()  # still within the retry budget
+    finally:
+        client.command("ATTACH TABLE touch_cells")
+    await wait_all_committed(settings)
+    assert_exact(client, first + second)
