@@ -111,7 +111,7 @@ def poison_messages() -> list[tuple[str, bytes]]:
         x=[0.5],
         y=[0.5],
         timestamp_ms=[1],
-        event_type=[1],
+        event_type=[1],  # type: ignore[list-item]
     ).SerializeToString()
     bad = fleet_batches(1, 10)[0]
     out_of_range = encode_batch(replace(bad, x=np.full(10, 1.5, np.float32)))
