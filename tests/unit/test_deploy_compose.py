@@ -56,8 +56,10 @@ def test_the_stack_has_every_part() -> None:
         "envoy",
         "init",
         "migrate",
+        "prometheus",
         *APP_SERVICES,
     }
+    assert _services()["prometheus"]["profiles"] == ["monitoring"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES + ONE_SHOTS)
