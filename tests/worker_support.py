@@ -9,6 +9,9 @@ once the worker has exited.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -194,6 +197,78 @@ def query_path(path: Path, database: str, sql: str) -> list[list[Any]]:
     )
     rows: list[list[Any]] = json.loads(out.stdout)
     return rows
+
+
+class WorkerProcess:
+    """``python -m heatmap.cli worker`` with its own chDB path, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._log_file = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "heatmap.cli", "worker"],
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout_s: float = 60.0, after: int = 0) -> None:
+        """Until ``pattern`` (a regex) appears in the log after character ``after``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text()[after:]):
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in worker log:\n{self.text()[-5000:]}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self._log_file.close()
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self.kill()
+
+
+def worker_env(
+    bootstrap: str, topic: str, group: str, chdb_path: Path, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEATMAP_")}
+    env.update(
+        HEATMAP_KAFKA_BOOTSTRAP=bootstrap,
+        HEATMAP_KAFKA_TOPIC=topic,
+        HEATMAP_KAFKA_DLQ_TOPIC=topic + "-dlq",
+        HEATMAP_KAFKA_PARTITIONS="3",
+        HEATMAP_KAFKA_CONSUMER_GROUP=group,
+        HEATMAP_CLICKHOUSE_URL=f"chdb://{chdb_path}",
+        HEATMAP_GRPC_HOST="127.0.0.1",
+        HEATMAP_GRPC_PORT="0",
+        HEATMAP_METRICS_PORT="0",
+        HEATMAP_LOG_FORMAT="text",
+        HEATMAP_LOG_LEVEL="info",
+    )
+    env.update(extra)
+    return env
+
+
+def stored_counts(path: Path, database: str = "heatmap") -> dict[str, Counter[CellKey]]:
+    return {t: as_counter(query_path(path, database, stored_counts_sql(t))) for t in TABLE_KEYS}
+
+
+def normalised(expected: dict[str, Counter[CellKey]]) -> dict[str, Counter[CellKey]]:
+    """JSON from a subprocess turns tuples into lists and keeps ints: compare as tuples."""
+    return {t: Counter({tuple(k): v for k, v in c.items()}) for t, c in expected.items()}
 
 
 def _main(argv: Sequence[str]) -> int:
