@@ -33,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import timestamp_pb2
 
 from heatmap.errors import FieldViolation, InvalidArgument, ResourceExhausted
@@ -164,14 +166,17 @@ def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
     if spec.end_s is not None:
         where.append("hour < toDateTime({end:UInt32}, 'UTC')")
         params["end"] = max(spec.end_s, 0)
-    cells = "intDiv(cell_x, {div:UInt16}) AS gx, intDiv(cell_y, {div:UInt16}) AS gy"
     if spec.per_user:
+        cells = "intDiv(cell_x, {div:UInt16}) AS gx, intDiv(cell_y, {div:UInt16}) AS gy"
         select = f"SELECT user_id, {cells}, sum(events) AS n FROM {table}"
         group = "GROUP BY user_id, gx, gy HAVING n > 0 LIMIT {limit:UInt64}"
         params["limit"] = max_per_user_points + 1
     else:
-        select = f"SELECT {cells}, sum(events) AS n FROM {table}"
-        group = "GROUP BY gx, gy HAVING n > 0"
+        # One integer key per cell (row-major) groups faster than two columns.
+        key = "intDiv(cell_y, {div:UInt16}) * {grid:UInt32} + intDiv(cell_x, {div:UInt16}) AS k"
+        params["grid"] = spec.grid_size
+        select = f"SELECT {key}, sum(events) AS n FROM {table}"
+        group = "GROUP BY k HAVING n > 0"
     sql = f"{select} WHERE {' AND '.join(where)} {group}"
     return Plan(table=table, sql=sql, parameters=params, per_user=spec.per_user)
 
@@ -185,15 +190,12 @@ def build_response(
     if not columns or not columns[0]:
         return response
     if not spec.per_user:
-        gxs, gys, counts = columns
-        order = sorted(range(len(counts)), key=lambda i: (gys[i], gxs[i]))
-        response.data_points.extend(
-            heatmap_pb2.HeatmapDataPoint(
-                x=(gxs[i] + 0.5) / g, y=(gys[i] + 0.5) / g, count=counts[i]
-            )
-            for i in order
+        keys, counts = columns
+        blob, total = encode_cells(
+            g, np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.uint64)
         )
-        response.total_count = int(sum(counts))
+        response.MergeFromString(blob)
+        response.total_count = total
         return response
     users, gxs, gys, counts = columns
     if len(counts) > max_per_user_points:
@@ -227,3 +229,51 @@ def is_empty(spec: QuerySpec) -> bool:
     if spec.start_s is not None and spec.start_s > _DATETIME_MAX:
         return True
     return spec.end_s is not None and spec.end_s <= 0
+
+
+# Wire format of one `repeated HeatmapDataPoint data_points = 1` entry, ALL_USERS:
+# 0x0A len | 0x0D x:float32le | 0x15 y:float32le | 0x18 count:varint (1..10 bytes).
+_POINT_FIXED = 13  # bytes before the varint
+_MAX_VARINT = 10
+
+
+def encode_cells(
+    grid: int, keys: npt.NDArray[np.int64], counts: npt.NDArray[np.uint64]
+) -> tuple[bytes, int]:
+    """ALL_USERS data points as serialized protobuf (field 1 of the response), and the total.
+
+    Vectorised with numpy: building 4,096 (grid 64) to 262,144 (grid 512)
+    message objects one by one in Python dominated the query's latency, while
+    parsing these bytes back (upb) costs a fraction of that. Points are in
+    row-major cell order (y, then x), key = iy * grid + ix.
+    """
+    keep = counts > 0
+    keys, counts = keys[keep], counts[keep]
+    order = np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    n = keys.shape[0]
+    if n == 0:
+        return b"", 0
+    xs = ((keys % grid).astype(np.float64) + 0.5) / grid
+    ys = ((keys // grid).astype(np.float64) + 0.5) / grid
+    bits = np.zeros(n, dtype=np.int64)
+    rest = counts.copy()
+    for _ in range(_MAX_VARINT):
+        rest >>= np.uint64(7)
+        bits += (rest > 0).astype(np.int64)
+    varint_len = bits + 1
+    rows = np.zeros((n, _POINT_FIXED + _MAX_VARINT), dtype=np.uint8)
+    rows[:, 0] = 0x0A
+    rows[:, 1] = (11 + varint_len).astype(np.uint8)
+    rows[:, 2] = 0x0D
+    rows[:, 3:7] = xs.astype("<f4").view(np.uint8).reshape(n, 4)
+    rows[:, 7] = 0x15
+    rows[:, 8:12] = ys.astype("<f4").view(np.uint8).reshape(n, 4)
+    rows[:, 12] = 0x18
+    value = counts.copy()
+    for i in range(_MAX_VARINT):
+        more = (i + 1 < varint_len).astype(np.uint8) << 7
+        rows[:, _POINT_FIXED + i] = (value & np.uint64(0x7F)).astype(np.uint8) | more
+        value >>= np.uint64(7)
+    mask = np.arange(_POINT_FIXED + _MAX_VARINT)[None, :] < (_POINT_FIXED + varint_len)[:, None]
+    return rows[mask].tobytes(), int(counts.sum())

@@ -9,13 +9,14 @@ class QueryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows_read = Counter(
             "heatmap_query_rows_read_total",
-            "ClickHouse rows scanned by heatmap queries",
+            "Rows read by heatmap queries as ClickHouse reports them (query summary read_rows; "
+            "a server reports rows scanned, chDB reports result rows)",
             ["table"],
             registry=registry,
         )
         self.bytes_read = Counter(
             "heatmap_query_bytes_read_total",
-            "ClickHouse bytes scanned by heatmap queries",
+            "Bytes read by heatmap queries as ClickHouse reports them (see rows_read)",
             ["table"],
             registry=registry,
         )

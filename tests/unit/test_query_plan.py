@@ -110,3 +110,25 @@ def test_per_user_response_order_and_bound() -> None:
     assert response.data_points[3].x == pytest.approx(7.5 / 8)
     with pytest.raises(ResourceExhausted):
         build_response(spec, columns, 3)
+
+
+def test_all_users_points_encoded_like_protobuf_does() -> None:
+    spec = parse_request(req(grid_size=8))
+    keys = [63, 0, 9, 8, 1]
+    counts = [1, 127, 128, 16384, 2**40]
+    response = build_response(spec, [keys, counts], 10)
+    want = [
+        pb.HeatmapDataPoint(x=(k % 8 + 0.5) / 8, y=(k // 8 + 0.5) / 8, count=c)
+        for k, c in sorted(zip(keys, counts, strict=True))
+    ]
+    assert list(response.data_points) == want
+    assert response.total_count == sum(counts)
+    assert response.grid_size == 8
+    assert (
+        response.SerializeToString()
+        == pb.QueryHeatmapDataResponse(
+            data_points=want, total_count=sum(counts), grid_size=8
+        ).SerializeToString()
+    )
+    empty = build_response(spec, [[], []], 10)
+    assert (len(empty.data_points), empty.total_count) == (0, 0)

@@ -1,0 +1,390 @@
+"""QueryHeatmapData latency on pre-aggregated cells vs the same question on raw events.
+
+    python -m bench.bench_query [--events 50000000] [--calls 100] [--raw-calls 30]
+
+In its own process with its own temporary chDB path:
+
+1. The synthetic fleet (``heatmap.fleet``: Zipf screens, clustered touches,
+   a day with a day/night cycle, 100k devices) generates ``--events`` events
+   in numpy chunks of 2M, loaded as Arrow into ``raw_touch_events``: one row
+   per event, the way PostHog stores heatmaps (its ``sharded_heatmaps`` is
+   ORDER BY (type, team_id, toDate(timestamp), current_url, ...); here
+   ORDER BY (event_type, screen_name, toDate(timestamp)), same idea without
+   the team).
+2. The three cell tables of ``schemas/clickhouse/001_touch_cells.sql`` are
+   filled from those same events with INSERT ... SELECT ... GROUP BY, one UTC
+   hour at a time (as worker flushes would: each flush's rows are aggregated,
+   merges sum the rest). touch_cells and touch_cells_64 and the raw table are
+   then OPTIMIZEd (the steady state of data older than a few minutes);
+   touch_cells_by_user is left as loaded.
+3. QueryService runs behind the real gRPC server (heatmap.serve) on
+   loopback; each shape is timed end to end over gRPC (``--calls`` calls,
+   after warm-up), and the equivalent SQL on the raw table is timed in the
+   same run (``--raw-calls`` calls). Answers are checked equal first.
+
+Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
+rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
+p99 < 50 ms and >= 20x faster than the raw-table query.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pyarrow as pa  # type: ignore[import-untyped]
+from clickhouse_connect.driver.client import Client
+from prometheus_client import CollectorRegistry
+
+from heatmap.auth import VIEW_HEATMAPS, mint_token
+from heatmap.clickhouse import connect, migrate
+from heatmap.fleet import Fleet, FleetSpec
+from heatmap.serve import serve
+from heatmap.settings import ClickHouseSettings, Settings
+from query_api.app import QueryService
+from query_api.screenshots import FileScreenshotStore
+from schemas.heatmap.v1 import heatmap_pb2 as pb
+from schemas.heatmap.v1 import heatmap_pb2_grpc
+
+CHUNK = 2_000_000
+SECRET = "bench-secret-0123456789-0123456789-abcdef"
+
+RAW_DDL = """
+CREATE TABLE raw_touch_events
+(
+    event_type  UInt8,
+    screen_name LowCardinality(String),
+    campaign_id LowCardinality(String),
+    user_id     String,
+    timestamp   DateTime64(3, 'UTC'),
+    x           Float32,
+    y           Float32
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (event_type, screen_name, toDate(timestamp))
+"""
+
+_CELL = "least(toUInt16(floor({v} * {g})), {g} - 1)"
+
+
+def _cells_sql(table: str, grid: int, with_user: bool) -> str:
+    user = "user_id, " if with_user else ""
+    return f"""
+INSERT INTO {table}
+SELECT screen_name, {user}campaign_id, event_type, toStartOfHour(timestamp) AS hour,
+       {_CELL.format(v="x", g=grid)} AS cx, {_CELL.format(v="y", g=grid)} AS cy,
+       count() AS events, toInt64(0) AS source_offset
+FROM raw_touch_events
+WHERE toStartOfHour(timestamp) = {{hour:DateTime('UTC')}}
+GROUP BY screen_name, {user}campaign_id, event_type, hour, cx, cy
+"""
+
+
+def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
+    fleet = Fleet(spec)
+    client.command(RAW_DDL)
+    users = pa.array([fleet.user_id(i) for i in range(spec.users)])
+    screens = pa.array(fleet.screen_names)
+    campaigns = pa.array(fleet.campaign_ids)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    done = 0
+    while done < events:
+        n = min(CHUNK, events - done)
+        ev = fleet.events(n)
+        table = pa.table(
+            {
+                "event_type": ev.event_type,
+                "screen_name": pa.DictionaryArray.from_arrays(ev.screen.astype(np.int32), screens),
+                "campaign_id": pa.DictionaryArray.from_arrays(
+                    ev.campaign.astype(np.int32), campaigns
+                ),
+                "user_id": pa.DictionaryArray.from_arrays(ev.user.astype(np.int32), users),
+                "timestamp": pa.array(ev.timestamp_ms, type=pa.timestamp("ms", tz="UTC")),
+                "x": ev.x,
+                "y": ev.y,
+            }
+        )
+        client.insert_arrow("raw_touch_events", table)
+        done += n
+        print(f"  raw rows {done:,}/{events:,} ({time.perf_counter() - started:.0f} s)", flush=True)
+    timings["load_raw_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    hours = [
+        r[0]
+        for r in client.query(
+            "SELECT DISTINCT toStartOfHour(timestamp) FROM raw_touch_events ORDER BY 1"
+        ).result_rows
+    ]
+    for i, hour in enumerate(hours):
+        for table, grid, with_user in (
+            ("touch_cells_by_user", 512, True),
+            ("touch_cells", 512, False),
+            ("touch_cells_64", 64, False),
+        ):
+            client.command(_cells_sql(table, grid, with_user), parameters={"hour": hour})
+        print(f"  aggregated hour {i + 1}/{len(hours)}", flush=True)
+    timings["aggregate_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    for table in ("touch_cells_64", "touch_cells", "raw_touch_events"):
+        client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
+    timings["optimize_s"] = time.perf_counter() - started
+    return timings
+
+
+def disk(client: Client) -> dict[str, dict[str, int]]:
+    rows = client.query(
+        "SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes), count() "
+        "FROM system.parts WHERE database = currentDatabase() AND active GROUP BY table"
+    ).result_rows
+    return {
+        r[0]: {
+            "rows": int(r[1]),
+            "bytes_on_disk": int(r[2]),
+            "uncompressed": int(r[3]),
+            "parts": int(r[4]),
+        }
+        for r in rows
+    }
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    requests: list[pb.QueryHeatmapDataRequest]
+    raw_sql: str
+    raw_params: list[dict[str, Any]]
+
+
+def _raw(grid: int, where: str, per_user: bool = False) -> str:
+    cells = f"{_CELL.format(v='x', g=grid)} AS gx, {_CELL.format(v='y', g=grid)} AS gy"
+    if per_user:
+        return (
+            f"SELECT user_id, {cells}, count() AS n FROM raw_touch_events "
+            f"WHERE {where} GROUP BY user_id, gx, gy"
+        )
+    return f"SELECT {cells}, count() AS n FROM raw_touch_events WHERE {where} GROUP BY gx, gy"
+
+
+def shapes(client: Client, spec: FleetSpec) -> list[Shape]:
+    top = [
+        r[0]
+        for r in client.query(
+            "SELECT screen_name FROM touch_cells_64 WHERE screen_name != '' GROUP BY screen_name "
+            "ORDER BY sum(events) DESC LIMIT 3"
+        ).result_rows
+    ]
+    busy_user = client.query(
+        "SELECT user_id FROM touch_cells_by_user WHERE screen_name = {s:String} "
+        "GROUP BY user_id ORDER BY sum(events) DESC LIMIT 1",
+        parameters={"s": top[0]},
+    ).result_rows[0][0]
+    start = spec.start + dt.timedelta(hours=17)
+    end = start + dt.timedelta(hours=3)
+    window = pb.QueryHeatmapDataRequest()
+    window.start_time.FromDatetime(start)
+    window.end_time.FromDatetime(end)
+    screen_eq = "screen_name = {s:String}"
+    return [
+        Shape(
+            "all_users_g64_top3",
+            [pb.QueryHeatmapDataRequest(screen_name=s, grid_size=64) for s in top],
+            _raw(64, screen_eq),
+            [{"s": s} for s in top],
+        ),
+        Shape(
+            "all_users_g64_3h_window",
+            [
+                pb.QueryHeatmapDataRequest(
+                    screen_name=s,
+                    grid_size=64,
+                    start_time=window.start_time,
+                    end_time=window.end_time,
+                )
+                for s in top
+            ],
+            _raw(
+                64,
+                screen_eq + " AND timestamp >= {a:DateTime64(3, 'UTC')}"
+                " AND timestamp < {b:DateTime64(3, 'UTC')}",
+            ),
+            [{"s": s, "a": start, "b": end} for s in top],
+        ),
+        Shape(
+            "all_users_g64_campaign_tap",
+            [
+                pb.QueryHeatmapDataRequest(
+                    screen_name=s, grid_size=64, campaign_id="campaign-1", event_types=[pb.TAP]
+                )
+                for s in top
+            ],
+            _raw(64, screen_eq + " AND campaign_id = 'campaign-1' AND event_type = 1"),
+            [{"s": s} for s in top],
+        ),
+        Shape(
+            "per_user_g64_one_user",
+            [
+                pb.QueryHeatmapDataRequest(
+                    screen_name=top[0], grid_size=64, mode=pb.PER_USER, user_id=busy_user
+                )
+            ],
+            _raw(64, screen_eq + " AND user_id = {u:String}", per_user=True),
+            [{"s": top[0], "u": busy_user}],
+        ),
+        Shape(
+            "all_users_g512_top1",
+            [pb.QueryHeatmapDataRequest(screen_name=top[0], grid_size=512)],
+            _raw(512, screen_eq),
+            [{"s": top[0]}],
+        ),
+    ]
+
+
+def pct(samples: list[float]) -> dict[str, float]:
+    ms = np.array(samples) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "calls": len(samples),
+    }
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], calls: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        await fn()
+    out = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await fn()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def measure(
+    settings: Settings, client: Client, tmp: Path, args: argparse.Namespace, spec: FleetSpec
+) -> dict[str, Any]:
+    registry = CollectorRegistry()
+    service = QueryService(settings, registry, client, FileScreenshotStore(tmp / "shots"))
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def stop_signal() -> None:
+        await stop.wait()
+
+    server = asyncio.create_task(
+        serve(settings, [service], registry, on_ready=ready.set_result, stop_signal=stop_signal)
+    )
+    port = await asyncio.wait_for(ready, 60)
+    metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
+    results: dict[str, Any] = {}
+    try:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+            for shape in shapes(client, spec):
+                # Same answer both ways first.
+                for request, params in zip(shape.requests, shape.raw_params, strict=True):
+                    reply = await stub.QueryHeatmapData(request, metadata=metadata, timeout=120)
+                    raw_rows = client.query(shape.raw_sql, parameters=params).result_rows
+                    assert reply.total_count == sum(r[-1] for r in raw_rows), shape.name
+                    assert len(reply.data_points) == len(raw_rows), shape.name
+                turn = {"i": 0}
+
+                async def grpc_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                    request = shape.requests[turn["i"] % len(shape.requests)]
+                    turn["i"] += 1
+                    await stub.QueryHeatmapData(request, metadata=metadata, timeout=120)
+
+                async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                    params = shape.raw_params[turn["i"] % len(shape.raw_params)]
+                    turn["i"] += 1
+                    await asyncio.to_thread(client.query, shape.raw_sql, parameters=params)
+
+                calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
+                cells = pct(await timed(grpc_call, calls))
+                raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
+                results[shape.name] = {
+                    "cells_grpc": cells,
+                    "raw_sql": raw,
+                    "ratio_p50": round(raw["p50_ms"] / cells["p50_ms"], 1),
+                    "ratio_p99": round(raw["p99_ms"] / cells["p99_ms"], 1),
+                    "points": len(reply.data_points),
+                }
+                print(
+                    f"  {shape.name:28s} cells gRPC p50 {cells['p50_ms']:8.2f} ms"
+                    f"  p99 {cells['p99_ms']:8.2f} ms | raw SQL p50 {raw['p50_ms']:8.2f} ms"
+                    f"  p99 {raw['p99_ms']:8.2f} ms | x{results[shape.name]['ratio_p50']} (p50)"
+                    f"  points {len(reply.data_points)}",
+                    flush=True,
+                )
+    finally:
+        stop.set()
+        await server
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=50_000_000)
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--raw-calls", type=int, default=30)
+    parser.add_argument("--keep", type=Path, default=None, help="chDB dir to use and keep")
+    args = parser.parse_args(argv)
+    spec = FleetSpec()
+    with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        chdb_dir = args.keep or tmp / "chdb"
+        ch = ClickHouseSettings(url=f"chdb://{chdb_dir}", database="bench", max_execution_time_s=60)
+        settings = Settings.from_env({"HEATMAP_JWT_SECRET": SECRET})
+        settings = replace(
+            settings,
+            clickhouse=ch,
+            server=replace(settings.server, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0),
+        )
+        migrate(ch)
+        client = connect(ch)
+        try:
+            print(f"loading {args.events:,} fleet events into {chdb_dir}", flush=True)
+            timings = load(client, args.events, spec)
+            sizes = disk(client)
+            for table, info in sorted(sizes.items()):
+                mib = info["bytes_on_disk"] / 2**20
+                print(
+                    f"  {table:22s} rows {info['rows']:>12,}  {mib:9.1f} MiB  parts {info['parts']}"
+                )
+            print("measuring (gRPC QueryHeatmapData on cells vs SQL on raw events)", flush=True)
+            results = asyncio.run(measure(settings, client, tmp, args, spec))
+        finally:
+            client.close()
+    print(
+        json.dumps(
+            {
+                "events": args.events,
+                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                "tables": sizes,
+                "shapes": results,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
