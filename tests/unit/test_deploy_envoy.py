@@ -3,12 +3,19 @@
 No Envoy binary runs here, so the route table is evaluated the way Envoy does
 (first match wins: ``path`` exact, ``prefix``, ``safe_regex`` full match) over
 the method paths read from the compiled proto descriptor, not from a list
-typed into this test.
+typed into this test. The config as a whole is checked against Envoy's API
+(strict proto decoding + protoc-gen-validate rules) by ``envoy-validate``
+(deploy/envoy/validate, built by deploy/install-validators.sh) when present.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +177,37 @@ def test_compose_and_kubernetes_name_the_upstreams_like_envoy() -> None:
     assert envoy_mount.startswith("../envoy/envoy.yaml:")
     generator = yaml.safe_load((ROOT / "deploy/envoy/kustomization.yaml").read_text())
     assert generator["configMapGenerator"][0]["files"] == ["envoy.yaml"]
+
+
+def _envoy_validate() -> str:
+    found = shutil.which("envoy-validate")
+    cached = Path(os.environ.get("HEATMAP_CACHE_DIR") or Path.home() / ".cache/heatmap")
+    candidate = found or str(cached / "bin/envoy-validate")
+    if not Path(candidate).is_file():
+        pytest.skip("no envoy-validate (bash deploy/install-validators.sh builds it)")
+    return candidate
+
+
+def _run_validator(tool: str, config: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [tool], input=json.dumps(config), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_config_is_valid_for_envoys_api() -> None:
+    tool = _envoy_validate()
+    done = _run_validator(tool, _config())
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_api_validator_catches_mistakes() -> None:
+    tool = _envoy_validate()
+    typo = copy.deepcopy(_config())
+    hcm = _hcm(typo["static_resources"]["listeners"][0])
+    hcm["stat_prefx"] = hcm.pop("stat_prefix")
+    assert _run_validator(tool, typo).returncode == 1
+    bad_port = copy.deepcopy(_config())
+    cluster = bad_port["static_resources"]["clusters"][0]
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    endpoint["address"]["socket_address"]["port_value"] = 70000
+    assert _run_validator(tool, bad_port).returncode == 1
