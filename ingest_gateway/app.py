@@ -27,11 +27,10 @@ import time
 from collections.abc import Sequence
 
 import grpc
-from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import current_principal
-from heatmap.errors import FieldViolation, InvalidArgument, ResourceExhausted, Unavailable
+from heatmap.errors import ResourceExhausted, Unavailable
 from heatmap.settings import Settings
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import EventPublisher, KafkaPublisher
@@ -125,16 +124,9 @@ class Gateway:
             raise ResourceExhausted(
                 f"request of {len(data)} bytes exceeds the limit of {self._max_request_bytes}"
             )
-        try:
-            request = heatmap_pb2.IngestTouchEventsRequest.FromString(data)
-        except DecodeError as e:
-            self._reject("undecodable", "rejected")
-            raise InvalidArgument(
-                [FieldViolation("", "not an IngestTouchEventsRequest")], "undecodable request"
-            ) from e
         user_id = current_principal().user_id
         try:
-            batch = to_batch(request, user_id, time.time_ns() // 1_000_000)
+            batch = to_batch(data, user_id, time.time_ns() // 1_000_000)
         except BatchRejected as e:
             metrics.requests.labels("rejected").inc()
             for reason in e.reasons:

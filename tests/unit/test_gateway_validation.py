@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from heatmap.errors import InvalidArgument
-from ingest_gateway.validation import BatchRejected, to_batch
+from ingest_gateway.validation import BatchRejected, Undecodable, to_batch
 from schemas.heatmap.v1 import heatmap_pb2
-from schemas.touch_batch import decode_batch, encode_batch
+from schemas.touch_batch import TouchBatch, decode_batch, encode_batch
 
 NOW_MS = 1_790_000_000_123
 DAY_MS = 24 * 3600 * 1000
@@ -33,9 +33,15 @@ def request(
     return heatmap_pb2.IngestTouchEventsRequest(events=events, batch_id=batch_id)
 
 
+def build(
+    req: heatmap_pb2.IngestTouchEventsRequest, user_id: str = "u", now_ms: int = NOW_MS
+) -> TouchBatch:
+    return to_batch(req.SerializeToString(), user_id, now_ms)
+
+
 def fields_of(req: heatmap_pb2.IngestTouchEventsRequest) -> list[str]:
     with pytest.raises(BatchRejected) as err:
-        to_batch(req, "user-1", NOW_MS)
+        build(req, "user-1")
     assert isinstance(err.value, InvalidArgument)
     assert err.value.violations, "a rejection must name at least one field"
     return [v.field for v in err.value.violations]
@@ -49,12 +55,12 @@ def test_zero_events_is_invalid() -> None:
 
 
 def test_500_events_is_accepted_and_501_is_not() -> None:
-    assert len(to_batch(request(*[event()] * 500), "u", NOW_MS)) == 500
+    assert len(build(request(*[event()] * 500))) == 500
     assert fields_of(request(*[event()] * 501)) == ["events"]
 
 
 def test_one_event_is_accepted() -> None:
-    assert len(to_batch(request(event()), "u", NOW_MS)) == 1
+    assert len(build(request(event()))) == 1
 
 
 # ------------------------------------------------------------------ strings
@@ -62,7 +68,7 @@ def test_one_event_is_accepted() -> None:
 
 @pytest.mark.parametrize("length", [1, 200])
 def test_screen_name_boundaries_accepted(length: int) -> None:
-    batch = to_batch(request(event(screen_name="s" * length)), "u", NOW_MS)
+    batch = build(request(event(screen_name="s" * length)))
     assert batch.screen_dict == ["s" * length]
 
 
@@ -72,27 +78,27 @@ def test_screen_name_boundaries_rejected(name: str) -> None:
 
 
 def test_lengths_count_characters_not_bytes() -> None:
-    batch = to_batch(request(event(screen_name="é" * 200, campaign_id="ß" * 200)), "u", NOW_MS)
+    batch = build(request(event(screen_name="é" * 200, campaign_id="ß" * 200)))
     assert batch.screen_dict == ["é" * 200]
     assert fields_of(request(event(screen_name="é" * 201))) == ["events[0].screen_name"]
 
 
 def test_campaign_id_boundaries() -> None:
-    batch = to_batch(request(event(campaign_id="c" * 200), event()), "u", NOW_MS)
+    batch = build(request(event(campaign_id="c" * 200), event()))
     assert batch.campaign_dict == ["c" * 200, ""]
     assert fields_of(request(event(campaign_id="c" * 201))) == ["events[0].campaign_id"]
 
 
 def test_batch_id_boundaries() -> None:
-    batch = to_batch(request(event(), batch_id="b" * 128), "u", NOW_MS)
+    batch = build(request(event(), batch_id="b" * 128))
     assert batch.batch_id == "b" * 128
     assert batch.client_batch_id is True
     assert fields_of(request(event(), batch_id="b" * 129)) == ["batch_id"]
 
 
 def test_missing_batch_id_gets_a_generated_one() -> None:
-    first = to_batch(request(event()), "u", NOW_MS)
-    second = to_batch(request(event()), "u", NOW_MS)
+    first = build(request(event()))
+    second = build(request(event()))
     assert first.client_batch_id is False
     assert len(first.batch_id) == 32
     int(first.batch_id, 16)  # uuid4 hex
@@ -105,7 +111,7 @@ def test_missing_batch_id_gets_a_generated_one() -> None:
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.0, 0.25])
 @pytest.mark.parametrize("axis", ["x", "y"])
 def test_coordinates_accepted(axis: str, value: float) -> None:
-    batch = to_batch(request(event(**{axis: value})), "u", NOW_MS)
+    batch = build(request(event(**{axis: value})))
     assert float(getattr(batch, axis)[0]) == value
 
 
@@ -122,7 +128,7 @@ def test_coordinates_rejected(axis: str, value: float) -> None:
 
 @pytest.mark.parametrize("kind", [1, 2, 3])
 def test_event_types_accepted(kind: int) -> None:
-    assert to_batch(request(event(event_type=kind)), "u", NOW_MS).event_type.tolist() == [kind]
+    assert build(request(event(event_type=kind))).event_type.tolist() == [kind]
 
 
 @pytest.mark.parametrize("kind", [0, 4, 99, -1])
@@ -136,13 +142,13 @@ def test_unspecified_and_unknown_event_types_rejected(kind: int) -> None:
 def test_unset_timestamp_gets_receive_time_and_explicit_epoch_is_kept() -> None:
     epoch = event()
     epoch.timestamp.SetInParent()  # explicitly 1970-01-01T00:00:00Z
-    batch = to_batch(request(event(), epoch, event(ts_ms=NOW_MS - 5000)), "u", NOW_MS)
+    batch = build(request(event(), epoch, event(ts_ms=NOW_MS - 5000)))
     assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS - 5000]
     assert batch.received_at_ms == NOW_MS
 
 
 def test_timestamp_24h_ahead_is_the_last_accepted() -> None:
-    batch = to_batch(request(event(ts_ms=NOW_MS + DAY_MS)), "u", NOW_MS)
+    batch = build(request(event(ts_ms=NOW_MS + DAY_MS)))
     assert batch.timestamp_ms.tolist() == [NOW_MS + DAY_MS]
     assert fields_of(request(event(ts_ms=NOW_MS + DAY_MS + 1))) == ["events[0].timestamp"]
 
@@ -150,7 +156,7 @@ def test_timestamp_24h_ahead_is_the_last_accepted() -> None:
 def test_timestamp_truncates_to_milliseconds() -> None:
     ev = event()
     ev.timestamp.seconds, ev.timestamp.nanos = 1_700_000_000, 999_999_999
-    assert to_batch(request(ev), "u", NOW_MS).timestamp_ms.tolist() == [1_700_000_000_999]
+    assert build(request(ev)).timestamp_ms.tolist() == [1_700_000_000_999]
 
 
 @pytest.mark.parametrize(("seconds", "nanos"), [(-1, 0), (-1, 999_999_999), (10, -1), (10, 10**9)])
@@ -184,13 +190,13 @@ def test_every_violation_is_listed_in_request_order() -> None:
 
 def test_reasons_drop_indexes() -> None:
     with pytest.raises(BatchRejected) as err:
-        to_batch(request(event(x=2.0), event(x=-1.0, event_type=0)), "u", NOW_MS)
+        build(request(event(x=2.0), event(x=-1.0, event_type=0)))
     assert err.value.reasons == {"events.x", "events.event_type"}
 
 
 def test_violation_descriptions_say_what_is_wrong() -> None:
     with pytest.raises(BatchRejected) as err:
-        to_batch(request(event(x=math.inf)), "u", NOW_MS)
+        build(request(event(x=math.inf)))
     assert "finite" in err.value.violations[0].description
 
 
@@ -204,7 +210,7 @@ def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
         event(screen_name="Home", campaign_id="spring", x=1.0, y=0.0, event_type=2, ts_ms=2_000),
         batch_id="retry-key",
     )
-    batch = to_batch(req, "device-7", NOW_MS)
+    batch = build(req, "device-7", NOW_MS)
     decoded = decode_batch(encode_batch(batch))
     assert decoded.user_id == "device-7"
     assert decoded.batch_id == "retry-key"
@@ -220,3 +226,85 @@ def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
     assert decoded.event_type.tolist() == [1, 3, 2]
     assert batch.x.dtype == np.float32
     assert batch.event_type.dtype == np.uint8
+
+
+# ------------------------------------------------------------------ wire-level columns
+
+
+def test_undecodable_bytes() -> None:
+    with pytest.raises(Undecodable) as err:
+        to_batch(b"\xff\xff\xff", "u", NOW_MS)
+    assert err.value.reasons == {"undecodable"}
+
+
+def test_columns_stay_aligned_when_defaults_are_left_off_the_wire() -> None:
+    # x == 0.0, campaign "" and nanos == 0 are not encoded: those columns are
+    # shorter than the event list and must be read event by event instead.
+    ev = event(x=0.0, y=0.0)
+    ev.timestamp.seconds = 1_700_000_000  # nanos 0: not on the wire
+    req = request(
+        event(x=0.1, campaign_id="a", ts_ms=1_700_000_000_001),
+        ev,
+        event(x=0.3, y=0.0),  # timestamp unset
+        event(x=0.0, campaign_id="b", ts_ms=1_700_000_000_003),
+    )
+    batch = build(req)
+    assert batch.x.tolist() == pytest.approx([0.1, 0.0, 0.3, 0.0])
+    assert batch.y.tolist() == [0.5, 0.0, 0.0, 0.5]
+    assert [batch.campaign_dict[i] for i in batch.campaign_index] == ["a", "", "", "b"]
+    assert batch.timestamp_ms.tolist() == [
+        1_700_000_000_001,
+        1_700_000_000_000,
+        NOW_MS,
+        1_700_000_000_003,
+    ]
+
+
+def reference(req: heatmap_pb2.IngestTouchEventsRequest) -> dict[str, list[Any]]:
+    """The batch's content computed the obvious way, event by event."""
+    ts = [
+        e.timestamp.seconds * 1000 + e.timestamp.nanos // 1_000_000
+        if e.HasField("timestamp")
+        else NOW_MS
+        for e in req.events
+    ]
+    return {
+        "screen": [e.screen_name for e in req.events],
+        "campaign": [e.campaign_id for e in req.events],
+        "x": [e.x for e in req.events],
+        "y": [e.y for e in req.events],
+        "ts": ts,
+        "type": [int(e.event_type) for e in req.events],
+    }
+
+
+def test_fast_path_equals_the_event_by_event_reading_on_random_requests() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        events = []
+        for _ in range(n):
+            ev = event(
+                screen_name=str(rng.choice(["Home", "Cart", "é" * 3])),
+                campaign_id=str(rng.choice(["", "", "c1", "c2"])),
+                x=float(rng.choice([0.0, 1.0, rng.random()])),
+                y=float(rng.choice([0.0, 1.0, rng.random()])),
+                event_type=int(rng.integers(1, 4)),
+            )
+            kind = rng.integers(0, 4)
+            if kind == 1:
+                ev.timestamp.FromMilliseconds(int(rng.integers(1, NOW_MS)))
+            elif kind == 2:
+                ev.timestamp.seconds = int(rng.integers(0, 3))  # nanos 0, maybe epoch
+            elif kind == 3:
+                ev.timestamp.nanos = int(rng.integers(0, 10**9))  # seconds 0
+            events.append(ev)
+        req = request(*events)
+        batch = build(req)
+        want = reference(req)
+        assert [batch.screen_dict[i] for i in batch.screen_index] == want["screen"]
+        assert [batch.campaign_dict[i] for i in batch.campaign_index] == want["campaign"]
+        assert batch.x.tolist() == want["x"]
+        assert batch.y.tolist() == want["y"]
+        assert batch.timestamp_ms.tolist() == want["ts"]
+        assert batch.event_type.tolist() == want["type"]
