@@ -211,3 +211,52 @@ def test_clickhouse_parses_every_cluster_statement() -> None:
     assert sum("ENGINE = ReplicatedAggregatingMergeTree(" in t for t in formatted) == 3
     assert sum("ENGINE = ReplicatedReplacingMergeTree(" in t for t in formatted) == 1
     assert sum("ENGINE = Distributed(" in t for t in formatted) == len(_tables())
+
+
+class _Recorder:
+    """Stands in for the ClickHouse client to check ORDER only (the SQL is checked above)."""
+
+    def __init__(self, log: list[str], done: set[int]) -> None:
+        self.log = log
+        self.done = done
+
+    def command(self, sql: str) -> None:
+        self.log.append(sql)
+
+    def query(self, sql: str, settings: dict[str, object]) -> object:
+        self.log.append(sql)
+        assert settings == {"select_sequential_consistency": 1}
+        rows = [[v] for v in sorted(self.done)]
+        return type("Result", (), {"result_rows": rows})()
+
+    def insert(self, table: str, rows: list[list[object]], column_names: list[str]) -> None:
+        self.log.append(f"INSERT {table} {rows[0][0]}")
+        self.done.add(int(str(rows[0][0])))
+
+    def close(self) -> None:
+        pass
+
+
+def test_migrate_cluster_creates_ledger_first_and_skips_applied_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from heatmap import clickhouse_cluster
+    from heatmap.settings import ClickHouseSettings
+
+    log: list[str] = []
+    done: set[int] = set()
+    monkeypatch.setattr(
+        clickhouse_cluster, "connect", lambda settings, database=None: _Recorder(log, done)
+    )
+    settings = ClickHouseSettings(url="http://u:p@127.0.0.1:8123/heatmap", database=DB)
+    applied = clickhouse_cluster.migrate_cluster(settings, CLUSTER)
+    assert applied == [f"{m.version:03d}_{m.name}" for m in load_migrations()]
+    assert log[0] == database_statement(CLUSTER, DB)
+    assert log[1] == ledger_statement(CLUSTER, DB)
+    inserts = [i for i, line in enumerate(log) if line.startswith("INSERT schema_migrations")]
+    assert len(inserts) == len(load_migrations())
+    log.clear()
+    assert clickhouse_cluster.migrate_cluster(settings, CLUSTER) == []
+    assert not [line for line in log if "ENGINE" in line and "schema_migrations" not in line]
+    with pytest.raises(ClusterDDLError):
+        clickhouse_cluster.migrate_cluster(settings, "bad name")
