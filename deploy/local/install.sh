@@ -39,3 +39,6 @@ from heatmap.localinfra.seaweedfs import ensure_binary
 t = time.monotonic(); print("kafka jars:", ensure_jars(), f"({time.monotonic() - t:.0f}s)")
 t = time.monotonic(); print("seaweedfs:", ensure_binary(), f"({time.monotonic() - t:.0f}s)")
 PY
+
+echo "== deploy validators (kustomize, docker compose, envoy-validate, KEDA schemas)"
+bash deploy/install-validators.sh
