@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas.touch_batch import TouchBatch
-from stream_workers.native import Column, NumberColumn, StringColumn, encode_block, numbers
+from stream_workers.native import Column, LowCardinalityColumn, NumberColumn, encode_block, numbers
 
 BASE_GRID = 512
 MS_PER_HOUR = 3_600_000
@@ -30,6 +30,7 @@ MS_PER_HOUR = 3_600_000
 MAX_TIMESTAMP_MS = (2**32 - MS_PER_HOUR // 1000) * 1000
 
 IntArray = npt.NDArray[np.int64]
+LC = "LowCardinality(String)"
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,17 @@ class _Dictionary:
         codes = self.codes
         return np.array([codes.setdefault(v, len(codes)) for v in values], dtype=np.int64)
 
-    def values(self) -> list[str]:
-        return list(self.codes)
+    def sorted(self) -> tuple[list[str], IntArray]:
+        """The values in sort order and, per first-seen code, its rank in that order.
+
+        Rank codes make ``np.unique`` return rows in the tables' ORDER BY
+        order; ClickHouse sorts a presorted insert block ~2-3x faster.
+        """
+        values = list(self.codes)
+        order = sorted(range(len(values)), key=values.__getitem__)
+        rank = np.empty(len(values), dtype=np.int64)
+        rank[order] = np.arange(len(values), dtype=np.int64)
+        return [values[i] for i in order], rank
 
 
 def _group(fields: Sequence[tuple[IntArray, int]]) -> tuple[list[IntArray], IntArray]:
@@ -154,6 +164,14 @@ def aggregate(
     partitions = np.fromiter((r.partition for r in records), np.int64, len(records))
     offsets = np.fromiter((r.offset for r in records), np.int64, len(records))
 
+    screen_names, screen_rank = screens.sorted()
+    campaign_ids, campaign_rank = campaigns.sorted()
+    user_ids, user_rank = users.sorted()
+    screen, campaign, user_of_record = (
+        screen_rank[screen],
+        campaign_rank[campaign],
+        user_rank[user_of_record],
+    )
     hours, hour_code = np.unique(hour_s, return_inverse=True)
     hour_code = hour_code.astype(np.int64)
     hour_month = yyyymm(hours)
@@ -194,9 +212,9 @@ def aggregate(
                     hours,
                     markers,
                     topic,
-                    screens.values(),
-                    campaigns.values(),
-                    users.values(),
+                    screen_names,
+                    campaign_ids,
+                    user_ids,
                 )
             )
     return blocks
@@ -248,35 +266,31 @@ def _block(
     marker_campaigns = np.arange(len(campaign_ids), len(campaign_dict), dtype=np.int64)
     zeros = np.zeros(n_markers, dtype=np.int64)
     g = iter(grouped)
+    # Marker rows first: screen_name '' sorts before every screen (ORDER BY order).
     columns: list[tuple[str, str, Column]] = [
-        ("screen_name", "String", StringColumn(screen_dict, np.concatenate([next(g), empty]))),
+        ("screen_name", LC, LowCardinalityColumn(screen_dict, np.concatenate([empty, next(g)]))),
     ]
     if spec.per_user:
         user_dict = [*user_ids, ""]
-        user_codes = np.concatenate([next(g), np.full(n_markers, len(user_ids), dtype=np.int64)])
-        columns.append(("user_id", "String", StringColumn(user_dict, user_codes)))
+        user_codes = np.concatenate([np.full(n_markers, len(user_ids), dtype=np.int64), next(g)])
+        columns.append(("user_id", LC, LowCardinalityColumn(user_dict, user_codes)))
     campaign, event_type, hour_code, cell_x, cell_y = (next(g) for _ in range(5))
     columns.append(
         (
             "campaign_id",
-            "String",
-            StringColumn(campaign_dict, np.concatenate([campaign, marker_campaigns])),
+            LC,
+            LowCardinalityColumn(campaign_dict, np.concatenate([marker_campaigns, campaign])),
         )
     )
     marker_hour = np.full(n_markers, month_start(month), dtype=np.int64)
+    marker_offsets = np.array([markers[p] for p in marker_partitions], dtype=np.int64)
     for name, ch_type, values in (
-        ("event_type", "UInt8", np.concatenate([event_type, zeros])),
-        ("hour", "UInt32", np.concatenate([hours[hour_code], marker_hour])),
-        ("cell_x", spec.cell_type, np.concatenate([cell_x, zeros])),
-        ("cell_y", spec.cell_type, np.concatenate([cell_y, zeros])),
-        ("events", "UInt64", np.concatenate([counts, zeros])),
-        (
-            "source_offset",
-            "Int64",
-            np.concatenate(
-                [np.zeros(rows, np.int64), np.array([markers[p] for p in marker_partitions])]
-            ),
-        ),
+        ("event_type", "UInt8", np.concatenate([zeros, event_type])),
+        ("hour", "UInt32", np.concatenate([marker_hour, hours[hour_code]])),
+        ("cell_x", spec.cell_type, np.concatenate([zeros, cell_x])),
+        ("cell_y", spec.cell_type, np.concatenate([zeros, cell_y])),
+        ("events", "UInt64", np.concatenate([zeros, counts])),
+        ("source_offset", "Int64", np.concatenate([marker_offsets, np.zeros(rows, np.int64)])),
     ):
         ch, column = numbers(values, ch_type)
         columns.append((name, ch, column))

@@ -40,7 +40,7 @@ from heatmap.kafka_admin import ensure_topics
 from heatmap.settings import Settings
 from stream_workers.dead_letters import DeadLetterTopic
 from stream_workers.metrics import WorkerMetrics
-from stream_workers.processor import FlushAbandoned, Processor, RawRecord
+from stream_workers.processor import FlushAbandoned, Prepared, Processor, RawRecord
 from stream_workers.sink import ClickHouseCellStore
 
 logger = logging.getLogger(__name__)
@@ -93,22 +93,52 @@ def create_app(
 
 
 def register_agents(app: faust.App, settings: Settings, processor: Processor) -> Any:
+    """The single agent: ``noack_take`` batches, pipelined two deep.
+
+    While batch N is being inserted (a background task that acks N's records
+    once every insert succeeded), batch N+1 is decoded and aggregated; N+1's
+    inserts start only after N's finished, so per partition the inserts and
+    acks stay in offset order. On a rebalance or stop Faust waits until every
+    delivered record is acked, which includes both stages.
+    """
     topic = app.topic(settings.kafka.topic, value_serializer="raw", key_serializer="raw")
     batch_size = take_messages(settings)
     within = settings.worker.flush_interval_s
 
+    async def store_and_ack(stream: Any, prepared: Prepared, events: Sequence[Any]) -> None:
+        await processor.store(prepared)
+        for event in events:
+            await stream.ack(event)
+
+    crash_tasks: set[asyncio.Future[None]] = set()
+
+    def crash_on_error(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and not isinstance(error, FlushAbandoned):
+            logger.error("flush failed unexpectedly: %r", error, exc_info=error)
+            crash_tasks.add(asyncio.ensure_future(app.crash(error)))
+
     async def aggregate_touch_batches(stream: Any) -> None:
-        async for events in stream.noack_take(batch_size, within=within):
-            raw = [
-                RawRecord(e.message.partition, e.message.offset, e.message.value) for e in events
-            ]
-            try:
-                await processor.process(raw)
-            except FlushAbandoned as e:
-                logger.warning("stopping with an unflushed batch (replayed on restart): %s", e)
-                return
-            for event in events:
-                await stream.ack(event)
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            async for events in stream.noack_take(batch_size, within=within):
+                raw = [
+                    RawRecord(e.message.partition, e.message.offset, e.message.value)
+                    for e in events
+                ]
+                prepared = await processor.prepare(raw)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(store_and_ack(stream, prepared, events))
+                in_flight.add_done_callback(crash_on_error)
+        except FlushAbandoned as e:
+            logger.warning("stopping with an unflushed batch (replayed on restart): %s", e)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                with contextlib.suppress(FlushAbandoned, asyncio.CancelledError):
+                    await asyncio.shield(in_flight)
 
     return app.agent(topic, name="aggregate_touch_batches", concurrency=1)(aggregate_touch_batches)
 

@@ -5,9 +5,9 @@ some types (``DateTime`` wants Python datetimes), which costs more than the
 aggregation itself. The Native format is simple for the few types the cell
 tables use: a header (column count, row count), then per column its name, its
 type and its data. Fixed-width numbers are the little-endian array bytes;
-``String`` values are a varint length and the UTF-8 bytes. ClickHouse converts
-``String`` into ``LowCardinality(String)`` and ``UInt32`` into ``DateTime`` on
-insert, so those columns are sent as the plain types.
+``String`` values are a varint length and the UTF-8 bytes; ``LowCardinality(String)``
+is a dictionary plus integer indexes. ClickHouse converts between ``String``
+and ``LowCardinality(String)``, and ``UInt32`` into ``DateTime``, on insert.
 
 One ``Native`` block in one INSERT is one block on the server (the server
 splits only above ``max_insert_block_size`` rows, ~1M), which is what makes a
@@ -16,6 +16,7 @@ flush's rows and its marker rows atomic (see docs/exactly-once.md).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,30 @@ class StringColumn:
 
 
 @dataclass(frozen=True)
+class LowCardinalityColumn:
+    """``LowCardinality(String)``: the dictionary once, then one small integer per row.
+
+    Layout (as clickhouse-connect writes it): UInt64 serialization version 1;
+    UInt64 flags = index width | HasAdditionalKeys (1 << 9) | NeedUpdateDictionary
+    (1 << 10); UInt64 key count and the keys as ``String``; UInt64 row count
+    and the indexes. No per-row Python work at all, and ClickHouse converts it
+    to a plain ``String`` column (``user_id``) in C++.
+    """
+
+    dictionary: Sequence[str]
+    codes: npt.NDArray[np.int64]
+
+    def data(self) -> bytes:
+        n_keys = len(self.dictionary)
+        width = 0 if n_keys <= 0xFF else 1 if n_keys <= 0xFFFF else 2
+        dtype = ("<u1", "<u2", "<u4")[width]
+        head = struct.pack("<QQQ", 1, (1 << 9) | (1 << 10) | width, n_keys)
+        keys = b"".join(_encoded(s) for s in self.dictionary)
+        rows = struct.pack("<Q", len(self.codes))
+        return head + keys + rows + self.codes.astype(dtype).tobytes()
+
+
+@dataclass(frozen=True)
 class NumberColumn:
     values: npt.NDArray[np.generic]
 
@@ -62,7 +87,7 @@ class NumberColumn:
         )
 
 
-Column = StringColumn | NumberColumn
+Column = StringColumn | LowCardinalityColumn | NumberColumn
 
 _NUMPY_TYPES = {
     "UInt8": np.uint8,
@@ -81,7 +106,7 @@ def encode_block(columns: Sequence[tuple[str, str, Column]], rows: int) -> bytes
     """``columns`` are (name, ClickHouse type, column); every column has ``rows`` values."""
     parts = [varint(len(columns)), varint(rows)]
     for name, ch_type, column in columns:
-        size = len(column.codes) if isinstance(column, StringColumn) else len(column.values)
+        size = len(column.values) if isinstance(column, NumberColumn) else len(column.codes)
         if size != rows:
             raise ValueError(f"column {name} has {size} values, expected {rows}")
         parts += [_encoded(name), _encoded(ch_type), column.data()]

@@ -42,6 +42,22 @@ class RawRecord:
 DeadLetterSink = Callable[[RawRecord, str], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """At most ``chunk_events`` events: ledger rows, then one insert per (table, month)."""
+
+    ledger_rows: list[LedgerRow]
+    blocks: list[Block]
+    events: int  # events counted (not duplicate, not dead-lettered)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    raw: Sequence[RawRecord]
+    chunks: list[Chunk]
+    seconds: float
+
+
 class FlushAbandoned(RuntimeError):
     """The worker is stopping while ClickHouse fails: the batch stays un-acked (replayed later)."""
 
@@ -57,7 +73,7 @@ class Processor:
         chunk_events: int = 200_000,
         retry_max_s: float = 30.0,
     ) -> None:
-        self.store = store
+        self.cells = store
         self.topic = topic
         self.metrics = metrics
         self._dead_letter = dead_letter
@@ -89,6 +105,17 @@ class Processor:
     # ------------------------------------------------------------- the flush
 
     async def process(self, raw: Sequence[RawRecord]) -> None:
+        """Prepare and store one batch of records (``prepare`` then ``store``)."""
+        await self.store(await self.prepare(raw))
+
+    async def prepare(self, raw: Sequence[RawRecord]) -> Prepared:
+        """Decode, dead-letter, deduplicate and aggregate: everything but the inserts.
+
+        May run while the previous batch's ``store`` is in flight (the agent
+        pipelines them): the watermarks it reads may then miss that batch's
+        markers, which changes nothing, because per partition this batch's
+        offsets are all above them.
+        """
         started = time.perf_counter()
         self.metrics.messages.inc(len(raw))
         records: list[Record] = []
@@ -99,20 +126,28 @@ class Processor:
             else:
                 records.append(record)
         await self._load(sorted({r.partition for r in raw} - self._loaded))
+        chunks: list[Chunk] = []
         chunk: list[Record] = []
         events = 0
         for record in records:
             if chunk and events + len(record.batch) > self.chunk_events:
-                await self._flush(chunk)
+                chunks.append(await self._prepare_chunk(chunk))
                 chunk, events = [], 0
             chunk.append(record)
             events += len(record.batch)
         if chunk:
-            await self._flush(chunk)
-        for item in raw:
+            chunks.append(await self._prepare_chunk(chunk))
+        return Prepared(raw, chunks, time.perf_counter() - started)
+
+    async def store(self, prepared: Prepared) -> None:
+        """Insert a prepared batch, in order; returns once all of it is in ClickHouse."""
+        started = time.perf_counter()
+        for chunk in prepared.chunks:
+            await self._store_chunk(chunk)
+        for item in prepared.raw:
             done = self.flushed_offsets.get(item.partition, -1)
             self.flushed_offsets[item.partition] = max(done, item.offset)
-        self.metrics.flush_seconds.observe(time.perf_counter() - started)
+        self.metrics.flush_seconds.observe(prepared.seconds + time.perf_counter() - started)
 
     def _decode(self, item: RawRecord) -> tuple[Record | None, str]:
         try:
@@ -155,9 +190,9 @@ class Processor:
         if not partitions:
             return
         marks = await self._retry(
-            "load watermarks", self.store.load_watermarks, self.topic, partitions
+            "load watermarks", self.cells.load_watermarks, self.topic, partitions
         )
-        ledger = await self._retry("load ledger", self.store.load_ledger, self.topic, partitions)
+        ledger = await self._retry("load ledger", self.cells.load_ledger, self.topic, partitions)
         self.watermarks.update(marks)
         for p in partitions:
             self.ledger.load(p, ledger.get(p, {}))
@@ -170,7 +205,7 @@ class Processor:
             sum(len(v) for v in ledger.values()),
         )
 
-    async def _flush(self, chunk: list[Record]) -> None:
+    async def _prepare_chunk(self, chunk: list[Record]) -> Chunk:
         counted: list[Record] = []
         ledger_rows: list[LedgerRow] = []
         for r in chunk:
@@ -193,12 +228,19 @@ class Processor:
                         LedgerRow(r.partition, b.user_id, b.batch_id, r.offset, b.received_at_ms)
                     )
             counted.append(r)
-        if ledger_rows:
-            await self._retry("ledger insert", self.store.insert_ledger, self.topic, ledger_rows)
-        if not counted:
+        blocks: list[Block] = []
+        if counted:
+            blocks = await asyncio.to_thread(aggregate, counted, self.topic, dict(self.watermarks))
+        return Chunk(ledger_rows, blocks, sum(len(r.batch) for r in counted))
+
+    async def _store_chunk(self, chunk: Chunk) -> None:
+        if chunk.ledger_rows:
+            await self._retry(
+                "ledger insert", self.cells.insert_ledger, self.topic, chunk.ledger_rows
+            )
+        blocks, total = chunk.blocks, chunk.events
+        if not total:
             return
-        blocks = await asyncio.to_thread(aggregate, counted, self.topic, dict(self.watermarks))
-        total = sum(len(r.batch) for r in counted)
         for block in blocks:
             await self._insert(block)
             for partition, offset in block.markers.items():
@@ -225,10 +267,10 @@ class Processor:
         def insert() -> None:
             nonlocal attempts
             attempts += 1
-            if attempts > 1 and self.store.block_landed(self.topic, block):
+            if attempts > 1 and self.cells.block_landed(self.topic, block):
                 logger.info("insert into %s %d had landed before failing", block.table, block.month)
                 return
-            self.store.insert_block(block)
+            self.cells.insert_block(block)
 
         await self._retry(f"insert into {block.table}", insert)
 

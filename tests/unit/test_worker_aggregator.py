@@ -21,7 +21,7 @@ from stream_workers.aggregator import (
     yyyymm,
 )
 from stream_workers.dedup import BatchLedger
-from stream_workers.native import varint
+from stream_workers.native import LowCardinalityColumn, encode_block, varint
 from tests.worker_support import expected_counts, fleet_batches, shifted
 
 
@@ -54,6 +54,18 @@ def read_native(payload: bytes) -> dict[str, list[Any]]:
         name, kind = text(), text()
         if kind == "String":
             columns[name] = [text() for _ in range(n_rows)]
+        elif kind == "LowCardinality(String)":
+            version, flags, n_keys = struct.unpack_from("<QQQ", payload, pos)
+            pos += 24
+            assert version == 1
+            assert flags & (1 << 9)
+            keys = [text() for _ in range(n_keys)]
+            (rows,) = struct.unpack_from("<Q", payload, pos)
+            pos += 8
+            assert rows == n_rows
+            fmt = "<" + "BHI"[flags & 0xFF] * n_rows
+            columns[name] = [keys[i] for i in struct.unpack_from(fmt, payload, pos)]
+            pos += struct.calcsize(fmt)
         else:
             fmt = "<" + formats[kind] * n_rows
             columns[name] = list(struct.unpack_from(fmt, payload, pos))
@@ -191,3 +203,13 @@ def test_varint(value: int) -> None:
     assert decoded == value
     assert all(b & 0x80 for b in encoded[:-1])
     assert not encoded[-1] & 0x80
+
+
+@pytest.mark.parametrize("keys", [1, 255, 256, 70_000])
+def test_low_cardinality_column_index_widths(keys: int) -> None:
+    dictionary = [f"k{i}" for i in range(keys)]
+    codes = np.random.default_rng(keys).integers(0, keys, 1000)
+    payload = encode_block(
+        [("c", "LowCardinality(String)", LowCardinalityColumn(dictionary, codes))], 1000
+    )
+    assert read_native(payload)["c"] == [dictionary[i] for i in codes]
