@@ -30,6 +30,10 @@ from schemas.heatmap.v1 import heatmap_pb2
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = heatmap_pb2.DESCRIPTOR.services_by_name["HeatmapService"].full_name
+# Health service name for liveness probes: SERVING whenever the process can
+# answer at all. Readiness ("" and SERVICE_NAME) also drops while a backing
+# system is down, and restarting a pod does not bring Kafka back.
+LIVENESS = "liveness"
 
 
 class RpcMetrics:
@@ -124,7 +128,7 @@ def new_server(
     max_message_bytes: int,
     register: Sequence[Callable[[grpc.aio.Server], None]],
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A grpc.aio server with health (NOT_SERVING until ``set_serving``) and reflection."""
+    """A grpc.aio server with health and reflection; call ``init_health`` before starting it."""
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
@@ -137,10 +141,17 @@ def new_server(
         add(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     return server, health_servicer
+
+
+async def init_health(health_servicer: health.aio.HealthServicer) -> None:
+    """Alive, not ready: readiness turns SERVING only through ``set_serving``."""
+    await set_serving(health_servicer, False)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

@@ -26,6 +26,7 @@ from heatmap.grpc_server import (
     ServiceInterceptor,
     bind,
     drain,
+    init_health,
     new_server,
     set_serving,
     wait_for_stop_signal,
@@ -76,6 +77,7 @@ async def serve(
             host if host is not None else settings.server.grpc_host,
             port if port is not None else settings.server.grpc_port,
         )
+        await init_health(health)
         await server.start()
         watcher = asyncio.create_task(_watch_health(health, components))
         logger.info("serving on port %d: %s", bound, ", ".join(c.name for c in components))

@@ -12,7 +12,7 @@ from grpc_status import _async as rpc_status_async
 
 from heatmap.auth import VIEW_HEATMAPS, Authenticator, current_principal, mint_token
 from heatmap.errors import FieldViolation, InvalidArgument
-from heatmap.grpc_server import ServiceInterceptor, bind, new_server, set_serving
+from heatmap.grpc_server import ServiceInterceptor, bind, init_health, new_server, set_serving
 from heatmap.settings import AuthSettings
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
@@ -52,6 +52,7 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
         ],
     )
     port = bind(server, "127.0.0.1", 0)
+    await init_health(health)
     await server.start()
     await set_serving(health, True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -113,5 +114,6 @@ async def test_invalid_argument_carries_bad_request_details(channel: grpc.aio.Ch
 
 async def test_health_needs_no_token(channel: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
-    reply = await stub.Check(health_pb2.HealthCheckRequest(service="heatmap.v1.HeatmapService"))
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    for service in ("", "heatmap.v1.HeatmapService", "liveness"):
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
