@@ -111,6 +111,7 @@ async def _client(args: argparse.Namespace) -> dict[str, object]:
         latencies.clear()
         errors.clear()
         started = time.perf_counter()
+        cpu_started = time.process_time()
         end = started + args.duration
         if args.rate <= 0:
 
@@ -136,7 +137,14 @@ async def _client(args: argparse.Namespace) -> dict[str, object]:
                 next_at += interval
             await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - started
-    return {"ok": len(latencies), "elapsed": elapsed, "errors": errors, "latencies": latencies}
+        cpu = time.process_time() - cpu_started
+    return {
+        "ok": len(latencies),
+        "elapsed": elapsed,
+        "cpu_s": cpu,
+        "errors": errors,
+        "latencies": latencies,
+    }
 
 
 # ---------------------------------------------------------------- trivial server process
@@ -251,9 +259,25 @@ class Run:
     p50_ms: float
     p99_ms: float
     errors: dict[str, int]
+    cpu_share: dict[str, float]  # CPU seconds per wall second (2.0 = both cores)
 
 
-def _drive(target: str, clients: int, concurrency: int, duration: float, rate: float) -> Run:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _drive(
+    target: str,
+    clients: int,
+    concurrency: int,
+    duration: float,
+    rate: float,
+    watch: dict[str, int],
+) -> Run:
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in watch.items()}
+    wall = time.perf_counter()
     procs = [
         subprocess.Popen(
             [
@@ -280,6 +304,9 @@ def _drive(target: str, clients: int, concurrency: int, duration: float, rate: f
     for proc in procs:
         out, _ = proc.communicate(timeout=duration + 60)
         results.append(json.loads(out))
+    wall = time.perf_counter() - wall
+    # Server-side shares over the whole phase (incl. the clients' ~1 s start-up).
+    cpu_share = {name: (_cpu_seconds(pid) - cpu_before[name]) / wall for name, pid in watch.items()}
     ok = sum(int(r["ok"]) for r in results)
     elapsed = max(float(r["elapsed"]) for r in results)
     latencies = np.array([x for r in results for x in r["latencies"]], dtype=np.float64) * 1000
@@ -287,7 +314,9 @@ def _drive(target: str, clients: int, concurrency: int, duration: float, rate: f
     for r in results:
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
+    cpu_share["clients"] = sum(float(r["cpu_s"]) for r in results) / elapsed
     return Run(
+        cpu_share={k: round(v, 2) for k, v in cpu_share.items()},
         events_per_s=ok * EVENTS_PER_REQUEST / elapsed,
         p50_ms=float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
         p99_ms=float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
@@ -296,16 +325,16 @@ def _drive(target: str, clients: int, concurrency: int, duration: float, rate: f
 
 
 @contextlib.contextmanager
-def _kafka(workdir: Path) -> Iterator[str]:
+def _kafka(workdir: Path) -> Iterator[tuple[str, int | None]]:
     if os.environ.get("HEATMAP_KAFKA_BOOTSTRAP"):
-        yield os.environ["HEATMAP_KAFKA_BOOTSTRAP"]
+        yield os.environ["HEATMAP_KAFKA_BOOTSTRAP"], None
         return
     from heatmap.localinfra.kafka import KafkaBroker
 
     broker = KafkaBroker(workdir / "kafka")
     broker.start()
     try:
-        yield broker.bootstrap
+        yield broker.bootstrap, broker.pid
     finally:
         broker.stop()
 
@@ -314,7 +343,10 @@ def _main(args: argparse.Namespace) -> int:
     from heatmap.kafka_admin import ensure_topics
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, _kafka(Path(tmp)) as boot:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
+        _kafka(Path(tmp)) as (boot, kafka_pid),
+    ):
         topic = f"bench-touch-{os.getpid()}"
         ensure_topics(KafkaSettings(bootstrap=boot, topic=topic, dlq_topic=topic + "-dlq"))
         logs = Path(tmp)
@@ -336,14 +368,16 @@ def _main(args: argparse.Namespace) -> int:
                 )
             )
             gateway, trivial = servers
+            watch = {"trivial": trivial.proc.pid, "gateway": gateway.proc.pid}
+            if kafka_pid is not None:
+                watch["kafka"] = kafka_pid
+            load = (args.clients, args.concurrency, args.duration)
             rows = []
             for r in range(args.repeats):
-                ceiling = _drive(trivial.target, args.clients, args.concurrency, args.duration, 0)
-                peak = _drive(gateway.target, args.clients, args.concurrency, args.duration, 0)
+                ceiling = _drive(trivial.target, *load, 0, watch)
+                peak = _drive(gateway.target, *load, 0, watch)
                 half_rate = peak.events_per_s / 2 / EVENTS_PER_REQUEST
-                half = _drive(
-                    gateway.target, args.clients, args.concurrency, args.duration, half_rate
-                )
+                half = _drive(gateway.target, *load, half_rate, watch)
                 row = {
                     "repeat": r + 1,
                     "ceiling_events_per_s": ceiling.events_per_s,
@@ -355,6 +389,7 @@ def _main(args: argparse.Namespace) -> int:
                     "half_p50_ms": half.p50_ms,
                     "half_p99_ms": half.p99_ms,
                     "errors": {"ceiling": ceiling.errors, "max": peak.errors, "half": half.errors},
+                    "cpu_share": {"ceiling": ceiling.cpu_share, "max": peak.cpu_share},
                 }
                 rows.append(row)
                 print(
@@ -362,7 +397,8 @@ def _main(args: argparse.Namespace) -> int:
                     f"gateway {peak.events_per_s / 1e6:.3f} M ev/s "
                     f"({row['ratio']:.0%}, p50 {peak.p50_ms:.1f} ms, p99 {peak.p99_ms:.1f} ms) | "
                     f"at {half.events_per_s / 1e6:.3f} M ev/s: p50 {half.p50_ms:.1f} ms, "
-                    f"p99 {half.p99_ms:.1f} ms | errors {row['errors']}",
+                    f"p99 {half.p99_ms:.1f} ms | errors {row['errors']} | "
+                    f"CPU s/s ceiling {ceiling.cpu_share} max {peak.cpu_share}",
                     flush=True,
                 )
         finally:

@@ -32,11 +32,11 @@ from prometheus_client import CollectorRegistry
 from heatmap.auth import current_principal
 from heatmap.errors import ResourceExhausted, Unavailable
 from heatmap.settings import Settings
+from ingest_gateway.encoding import encode
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import EventPublisher, KafkaPublisher
 from ingest_gateway.validation import BatchRejected, to_batch
 from schemas.heatmap.v1 import heatmap_pb2
-from schemas.touch_batch import encode_batch
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ class Gateway:
         self._settings = settings
         self._publisher = publisher
         self._owns_publisher = publisher is None
-        self._metrics = GatewayMetrics(registry)
+        self._metrics = metrics = GatewayMetrics(registry)
+        self._accepted = metrics.requests.labels("accepted")
         self._max_request_bytes = min(MAX_REQUEST_BYTES, settings.server.max_message_bytes)
         self._publish_timeout_s = settings.kafka.publish_timeout_s
 
@@ -132,7 +133,7 @@ class Gateway:
             for reason in e.reasons:
                 metrics.rejections.labels(reason).inc()
             raise
-        value = encode_batch(batch)
+        value = encode(batch)
 
         publisher = self._publisher
         if publisher is None:
@@ -153,7 +154,7 @@ class Gateway:
             raise
         metrics.publish_seconds.observe(time.perf_counter() - started)
         n = len(batch)
-        metrics.requests.labels("accepted").inc()
+        self._accepted.inc()
         metrics.events.inc(n)
         metrics.batch_events.observe(n)
         return heatmap_pb2.IngestTouchEventsResponse(ingested_count=n)

@@ -2,8 +2,9 @@
 
 ``KafkaPublisher.publish`` produces one message and returns only once the
 broker acknowledged it (``acks=all``): the delivery report, raised on the
-producer's poll thread, resolves an asyncio future on the server's loop
-through ``loop.call_soon_threadsafe``. Failure modes map to retryable codes:
+producer's poll thread, is queued, and after each ``poll`` one
+``loop.call_soon_threadsafe`` resolves the queued asyncio futures on the
+server's loop (one wake-up per poll, not per message). Failure modes map to retryable codes:
 
 * the local queue is full (``BufferError``): ``ResourceExhausted``. The queue
   is bounded by ``producer_queue_max_messages`` / ``_kbytes``, so a slow or
@@ -22,8 +23,9 @@ Producer configuration and why:
 * ``acks=all``: the contract's durability promise;
 * ``compression.type`` from settings (lz4 by default: cheap to compress, the
   columnar batches shrink ~3x);
-* ``linger.ms=2``: batches concurrent requests into one produce request
-  without adding visible latency;
+* ``linger.ms=5``: batches concurrent requests into one produce request;
+  the broker's CPU per produce request is what it saves (measured in
+  ``bench/bench_gateway.py``), a few ms of latency is what it costs;
 * ``partitioner=murmur2_random``: the Java client's key hashing, so any
   producer (Java, aiokafka) puts a user's batches on the same partition;
 * ``socket.keepalive.enable``, ``reconnect.backoff.max.ms=1000``: a broker
@@ -40,7 +42,9 @@ next successful delivery marks it healthy again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -82,7 +86,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": settings.compression,
-        "linger.ms": 2,
+        "linger.ms": 5,
         "partitioner": "murmur2_random",
         "queue.buffering.max.messages": settings.producer_queue_max_messages,
         "queue.buffering.max.kbytes": settings.producer_queue_max_kbytes,
@@ -121,6 +125,10 @@ class KafkaPublisher:
         self._running = threading.Event()
         self._healthy = False
         self._fatal = False
+        # Delivery outcomes from the poll thread to the loop (deque: thread-safe).
+        self._reports: collections.deque[tuple[asyncio.Future[None], KafkaError | None]] = (
+            collections.deque()
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,6 +154,7 @@ class KafkaPublisher:
         if producer is not None:
             # flush() serves the remaining delivery reports on this thread.
             left = await asyncio.to_thread(producer.flush, self._flush_timeout_s)
+            self._resolve_reports()
             if left:
                 logger.error("producer closed with %d message(s) undelivered", left)
             else:
@@ -172,7 +181,7 @@ class KafkaPublisher:
                 value=value,
                 key=key,
                 headers=[FORMAT_HEADER],
-                on_delivery=_delivery_callback(loop, future),
+                on_delivery=functools.partial(_report, self._reports.append, future),
             )
         except BufferError as e:
             raise ResourceExhausted("Kafka producer queue is full; retry later") from e
@@ -192,12 +201,24 @@ class KafkaPublisher:
     # ------------------------------------------------------------ internals
 
     def _poll_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
         while self._running.is_set():
             producer = self._producer  # replaced after a fatal error
             if producer is None:
                 break
-            # Releases the GIL while it waits; delivery callbacks run here.
+            # Releases the GIL while it waits; delivery callbacks run here and
+            # only queue their outcome: one loop wake-up per poll, not per message.
             producer.poll(0.05)
+            if self._reports:
+                with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                    loop.call_soon_threadsafe(self._resolve_reports)
+
+    def _resolve_reports(self) -> None:
+        reports = self._reports
+        while reports:
+            future, error = reports.popleft()
+            _resolve(future, error)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -256,15 +277,14 @@ class KafkaPublisher:
         return bool(metadata.brokers)
 
 
-def _delivery_callback(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]
-) -> Callable[[KafkaError | None, Any], None]:
-    def on_delivery(error: KafkaError | None, _message: Any) -> None:
-        # Poll thread: hand the outcome to the loop; the waiter may be gone.
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            loop.call_soon_threadsafe(_resolve, future, error)
-
-    return on_delivery
+def _report(
+    append: Callable[[tuple[asyncio.Future[None], KafkaError | None]], None],
+    future: asyncio.Future[None],
+    error: KafkaError | None,
+    _message: Any,
+) -> None:
+    """Delivery callback, on the poll thread: queue the outcome for the loop."""
+    append((future, error))
 
 
 def _resolve(future: asyncio.Future[None], error: KafkaError | None) -> None:
