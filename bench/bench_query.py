@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ from heatmap.clickhouse import connect, migrate
 from heatmap.fleet import Fleet, FleetSpec
 from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
+from query_api import heatmap_query
 from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
@@ -143,6 +145,15 @@ def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
         client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
     timings["optimize_s"] = time.perf_counter() - started
     return timings
+
+
+def wait_for_merges(client: Client, timeout_s: float = 300) -> None:
+    """Measure a settled store: no background merge competing for the two cores."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not client.query("SELECT count() FROM system.merges").result_rows[0][0]:
+            return
+        time.sleep(1)
 
 
 def disk(client: Client) -> dict[str, dict[str, int]]:
@@ -315,19 +326,29 @@ async def measure(
                     turn["i"] += 1
                     await asyncio.to_thread(client.query, shape.raw_sql, parameters=params)
 
+                async def cells_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                    request = shape.requests[turn["i"] % len(shape.requests)]
+                    turn["i"] += 1
+                    plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
+                    await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
+
                 calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
                 cells = pct(await timed(grpc_call, calls))
+                cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
                 raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
                 results[shape.name] = {
                     "cells_grpc": cells,
+                    "cells_sql": cells_sql,
                     "raw_sql": raw,
+                    "ratio_sql_p50": round(raw["p50_ms"] / cells_sql["p50_ms"], 1),
                     "ratio_p50": round(raw["p50_ms"] / cells["p50_ms"], 1),
                     "ratio_p99": round(raw["p99_ms"] / cells["p99_ms"], 1),
                     "points": len(reply.data_points),
                 }
                 print(
                     f"  {shape.name:28s} cells gRPC p50 {cells['p50_ms']:8.2f} ms"
-                    f"  p99 {cells['p99_ms']:8.2f} ms | raw SQL p50 {raw['p50_ms']:8.2f} ms"
+                    f"  p99 {cells['p99_ms']:8.2f} ms | cells SQL p50 {cells_sql['p50_ms']:7.2f} ms"
+                    f" | raw SQL p50 {raw['p50_ms']:8.2f} ms"
                     f"  p99 {raw['p99_ms']:8.2f} ms | x{results[shape.name]['ratio_p50']} (p50)"
                     f"  points {len(reply.data_points)}",
                     flush=True,
@@ -345,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000_000)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--raw-calls", type=int, default=30)
-    parser.add_argument("--keep", type=Path, default=None, help="chDB dir to use and keep")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="chDB dir to use and keep; if it already holds a loaded run, measure that again",
+    )
     args = parser.parse_args(argv)
     spec = FleetSpec()
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_dir:
@@ -361,8 +387,17 @@ def main(argv: list[str] | None = None) -> int:
         migrate(ch)
         client = connect(ch)
         try:
-            print(f"loading {args.events:,} fleet events into {chdb_dir}", flush=True)
-            timings = load(client, args.events, spec)
+            loaded = client.query(
+                "SELECT sum(rows) FROM system.parts WHERE database = currentDatabase() "
+                "AND table = 'raw_touch_events' AND active"
+            ).result_rows[0][0]
+            if loaded:
+                print(f"reusing {int(loaded):,} events already loaded in {chdb_dir}", flush=True)
+                timings: dict[str, float] = {}
+            else:
+                print(f"loading {args.events:,} fleet events into {chdb_dir}", flush=True)
+                timings = load(client, args.events, spec)
+            wait_for_merges(client)
             sizes = disk(client)
             for table, info in sorted(sizes.items()):
                 mib = info["bytes_on_disk"] / 2**20
@@ -376,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         json.dumps(
             {
+                "load_average": os.getloadavg(),
                 "events": args.events,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,

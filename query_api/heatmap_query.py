@@ -172,8 +172,14 @@ def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
         group = "GROUP BY user_id, gx, gy HAVING n > 0 LIMIT {limit:UInt64}"
         params["limit"] = max_per_user_points + 1
     else:
-        # One integer key per cell (row-major) groups faster than two columns.
-        key = "intDiv(cell_y, {div:UInt16}) * {grid:UInt32} + intDiv(cell_x, {div:UInt16}) AS k"
+        # One integer key per cell (row-major) groups faster than two columns,
+        # and a UInt16 key (grid <= 256) lets ClickHouse aggregate into a flat
+        # array instead of a hash table.
+        key_type = "UInt16" if spec.grid_size <= 256 else "UInt32"
+        key = (
+            f"to{key_type}(intDiv(cell_y, {{div:UInt16}}) * {{grid:UInt32}}"
+            " + intDiv(cell_x, {div:UInt16})) AS k"
+        )
         params["grid"] = spec.grid_size
         select = f"SELECT {key}, sum(events) AS n FROM {table}"
         group = "GROUP BY k HAVING n > 0"
