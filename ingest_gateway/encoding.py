@@ -61,7 +61,16 @@ def _field(tag: int, payload: bytes) -> bytes:
 
 
 def _strings(tag: int, values: Sequence[str]) -> bytes:
-    return b"".join(_field(tag, s.encode()) for s in values)
+    out = bytearray()
+    for value in values:
+        raw = value.encode()
+        if len(raw) < 0x80:  # one-byte length: nearly every screen name and campaign id
+            out.append(tag)
+            out.append(len(raw))
+            out += raw
+        else:
+            out += _field(tag, raw)
+    return bytes(out)
 
 
 def encode(batch: TouchBatch) -> bytes:
