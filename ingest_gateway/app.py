@@ -5,8 +5,10 @@ puts its one handler behind the shared interceptor (auth: any valid token,
 the caller is ``current_principal()``; domain errors -> gRPC status; RPC
 metrics), with health and reflection, and drains it on SIGTERM.
 
-Per call: size check, decode, ``validation.to_batch`` (all-or-nothing),
-``encode_batch``, ``publisher.publish`` keyed by the user id, which returns
+Per call: size check, ``validation.to_batch`` (decode, all-or-nothing
+checks, columns), ``encoding.encode`` (the bytes of
+``schemas.touch_batch.encode_batch``, written from numpy), then
+``publisher.publish`` keyed by the user id, which returns
 only after Kafka acknowledged the message (``acks=all``). Codes: invalid
 input INVALID_ARGUMENT (with ``google.rpc.BadRequest``); a request over the
 size limit or a full producer queue RESOURCE_EXHAUSTED; Kafka down or slow
@@ -66,6 +68,8 @@ class Gateway:
     # ------------------------------------------------------------ Component
 
     async def start(self) -> None:
+        """Start the Kafka publisher (unless one was passed in: its owner starts and stops
+        it). Never waits for the broker: health stays NOT_SERVING until it answers."""
         if self._publisher is None:
             self._publisher = KafkaPublisher(
                 self._settings.kafka, flush_timeout_s=max(1.0, self._publish_timeout_s)
@@ -73,7 +77,8 @@ class Gateway:
         publisher = self._publisher
         if isinstance(publisher, KafkaPublisher):
             self._metrics.watch(publisher.queued, publisher.healthy)
-        await publisher.start()
+        if self._owns_publisher:
+            await publisher.start()
         logger.info(
             "gateway publishing to %s topic %s (compression %s, max request %d bytes)",
             self._settings.kafka.bootstrap,
@@ -102,6 +107,7 @@ class Gateway:
         return self._publisher is not None and self._publisher.healthy()
 
     async def stop(self) -> None:
+        """Flush and close the publisher it created (bounded by the publish timeout)."""
         if self._publisher is not None and self._owns_publisher:
             await self._publisher.stop()
 
