@@ -18,9 +18,13 @@ In its own process with its own temporary chDB path:
    then OPTIMIZEd (the steady state of data older than a few minutes);
    touch_cells_by_user is left as loaded.
 3. QueryService runs behind the real gRPC server (heatmap.serve) on
-   loopback; each shape is timed end to end over gRPC (``--calls`` calls,
-   after warm-up), and the equivalent SQL on the raw table is timed in the
-   same run (``--raw-calls`` calls). Answers are checked equal first.
+   loopback in this process (which owns the chDB path); each shape is timed
+   end to end by a gRPC client in a separate process (``--calls`` sequential
+   calls after 3 warm-up calls), then the same SQL the service runs and the
+   equivalent SQL on the raw table are timed in this process (``--raw-calls``
+   calls each). Answers are checked equal first.
+4. ``--projection`` adds the proposed per-(screen, cell) projection to
+   touch_cells and touch_cells_64 first (see ``add_projections``).
 
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -147,6 +152,28 @@ def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
     return timings
 
 
+# Proposed (not in schemas/clickhouse yet): a per-(screen, cell) aggregate
+# projection, which ClickHouse picks by itself for the dashboard's default
+# question (one screen, whole range, all campaigns and types) instead of
+# summing every (hour, campaign, type) row of the screen.
+PROJECTION = "by_screen_cell"
+
+
+def add_projections(client: Client) -> None:
+    for table in ("touch_cells_64", "touch_cells"):
+        client.command(
+            f"ALTER TABLE {table} MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'"
+        )
+        client.command(
+            f"ALTER TABLE {table} ADD PROJECTION IF NOT EXISTS {PROJECTION} "
+            "(SELECT screen_name, cell_x, cell_y, sum(events) GROUP BY screen_name, cell_x, cell_y)"
+        )
+        client.command(
+            f"ALTER TABLE {table} MATERIALIZE PROJECTION {PROJECTION}",
+            settings={"mutations_sync": 2, "max_execution_time": 0},
+        )
+
+
 def wait_for_merges(client: Client, timeout_s: float = 300) -> None:
     """Measure a settled store: no background merge competing for the two cores."""
     deadline = time.monotonic() + timeout_s
@@ -160,6 +187,7 @@ def disk(client: Client) -> dict[str, dict[str, int]]:
     rows = client.query(
         "SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes), count() "
         "FROM system.parts WHERE database = currentDatabase() AND active GROUP BY table"
+        # bytes_on_disk of a part includes its projections' files.
     ).result_rows
     return {
         r[0]: {
@@ -210,6 +238,12 @@ def shapes(client: Client, spec: FleetSpec) -> list[Shape]:
     window.end_time.FromDatetime(end)
     screen_eq = "screen_name = {s:String}"
     return [
+        Shape(
+            "all_users_g64_top1",
+            [pb.QueryHeatmapDataRequest(screen_name=top[0], grid_size=64)],
+            _raw(64, screen_eq),
+            [{"s": top[0]}],
+        ),
         Shape(
             "all_users_g64_top3",
             [pb.QueryHeatmapDataRequest(screen_name=s, grid_size=64) for s in top],
@@ -285,6 +319,51 @@ async def timed(fn: Callable[[], Awaitable[Any]], calls: int, warmup: int = 3) -
     return out
 
 
+async def client_process(port: int, shape: Shape, calls: int, tmp: Path) -> list[float]:
+    """Latencies seen by a gRPC client in its own process (as a dashboard backend would be)."""
+    path = tmp / f"{shape.name}.requests"
+    path.write_text(
+        json.dumps([base64.b64encode(r.SerializeToString()).decode() for r in shape.requests])
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.bench_query",
+        "--client",
+        f"127.0.0.1:{port}",
+        "--requests",
+        str(path),
+        "--calls",
+        str(calls),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"client process failed ({child.returncode})")
+    latencies: list[float] = json.loads(out.decode().strip().splitlines()[-1])
+    return latencies
+
+
+def run_client(target: str, requests_path: Path, calls: int) -> int:
+    """--client mode: time QueryHeatmapData calls (cycling the requests), print the latencies."""
+    requests = [
+        pb.QueryHeatmapDataRequest.FromString(base64.b64decode(r))
+        for r in json.loads(requests_path.read_text())
+    ]
+    metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    latencies = []
+    with grpc.insecure_channel(target, options=options) as channel:
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+        for i in range(3 + calls):
+            started = time.perf_counter()
+            stub.QueryHeatmapData(requests[i % len(requests)], metadata=metadata, timeout=120)
+            if i >= 3:  # warm-up first
+                latencies.append(time.perf_counter() - started)
+    print(json.dumps(latencies))
+    return 0
+
+
 async def measure(
     settings: Settings, client: Client, tmp: Path, args: argparse.Namespace, spec: FleetSpec
 ) -> dict[str, Any]:
@@ -316,11 +395,6 @@ async def measure(
                     assert len(reply.data_points) == len(raw_rows), shape.name
                 turn = {"i": 0}
 
-                async def grpc_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
-                    request = shape.requests[turn["i"] % len(shape.requests)]
-                    turn["i"] += 1
-                    await stub.QueryHeatmapData(request, metadata=metadata, timeout=120)
-
                 async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
                     params = shape.raw_params[turn["i"] % len(shape.raw_params)]
                     turn["i"] += 1
@@ -333,7 +407,7 @@ async def measure(
                     await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
 
                 calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
-                cells = pct(await timed(grpc_call, calls))
+                cells = pct(await client_process(port, shape, calls, tmp))
                 cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
                 raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
                 results[shape.name] = {
@@ -372,7 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="chDB dir to use and keep; if it already holds a loaded run, measure that again",
     )
+    parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="add the proposed per-(screen, cell) projection to touch_cells(_64) first",
+    )
+    parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.client:
+        return run_client(args.client, args.requests, args.calls)
     spec = FleetSpec()
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_dir:
         tmp = Path(tmp_dir)
@@ -397,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"loading {args.events:,} fleet events into {chdb_dir}", flush=True)
                 timings = load(client, args.events, spec)
+            if args.projection:
+                add_projections(client)
             wait_for_merges(client)
             sizes = disk(client)
             for table, info in sorted(sizes.items()):
@@ -413,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "load_average": os.getloadavg(),
                 "events": args.events,
+                "projection": args.projection,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,
                 "shapes": results,
