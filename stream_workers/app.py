@@ -269,9 +269,20 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
         if self._app is not None:
-            if self._processor is not None and self._processor.failing_since is not None:
-                self._processor.stop()  # ClickHouse is failing: do not block shutdown
-            await self._app.stop()
+            processor = self._processor
+            give_up = None
+            if processor is not None:
+                if processor.failing_since is not None:
+                    processor.stop()  # ClickHouse is failing: do not block shutdown
+                else:  # or if it starts failing during the final flush
+                    give_up = asyncio.get_running_loop().call_later(
+                        self.settings.server.shutdown_grace_s, processor.stop
+                    )
+            try:
+                await self._app.stop()
+            finally:
+                if give_up is not None:
+                    give_up.cancel()
         if self._owns_client and self._client is not None:
             self._client.close()
         self._client = None if self._owns_client else self._client

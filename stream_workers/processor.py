@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MAX_BATCH_EVENTS = MAX_BLOCK_ROWS // 4
+
 
 @dataclass(frozen=True)
 class RawRecord:
@@ -156,6 +158,10 @@ class Processor:
             batch = decode_batch(item.value)
             if int(batch.timestamp_ms.max()) >= MAX_TIMESTAMP_MS:
                 raise BatchFormatError("timestamp after 2106 (outside DateTime)")
+            if len(batch) > MAX_BATCH_EVENTS:
+                # The API allows 500 per request; a giant message must not stall the
+                # partition by making an insert that cannot stay one block.
+                raise BatchFormatError(f"{len(batch)} events in one message")
         except BatchFormatError as e:
             return None, str(e)
         except Exception as e:  # any other decoder failure is still a poison message

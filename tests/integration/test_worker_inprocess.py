@@ -194,3 +194,40 @@ async def test_clickhouse_failing_retries_commits_nothing_and_recovers(
         client.command("ATTACH TABLE touch_cells")
     await wait_all_committed(settings)
     assert_exact(client, first + second)
+
+
+async def test_two_workers_share_one_store_across_rebalances(
+    settings: Settings, client: Client, started: list[Worker]
+) -> None:
+    """Two Faust apps in this process, one consumer group, ONE ClickHouse store.
+
+    In one process both workers can share the chDB store, which is the
+    production layout (a ClickHouse server). The first worker holds a batch
+    in its ``noack_take`` buffer (5 s flush interval) when the second joins:
+    the revoke must flush it. Client retries of batches the first worker
+    counted reach whichever worker owns the partition later: counted once
+    through the shared ledger.
+    """
+    k = settings.kafka
+    assert k.bootstrap
+    slow = replace(
+        settings, worker=replace(settings.worker, flush_interval_s=5.0, flush_max_cells=200_000)
+    )
+    first, second = fleet_batches(60, 500), fleet_batches(60, 500, spec=None)
+    second = [replace(b, batch_id="w2-" + b.batch_id) for b in second]
+    retries = first[:10]
+
+    w1, _ = await start_worker(slow, client, started)
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, first)
+    await asyncio.sleep(1.0)  # fetched and buffered, flushed only by the 5 s timer or a revoke
+    assert not w1.processor.flushed_offsets
+    w2, _ = await start_worker(slow, client, started)
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, second + retries)
+    await wait_all_committed(settings, timeout_s=90)
+    assert w1.processor.flushed_offsets
+    assert w2.processor.flushed_offsets
+    await w1.stop()  # leaves the group: w2 takes every partition
+    started.remove(w1)
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, retries)
+    await wait_all_committed(settings, timeout_s=90)
+    assert_exact(client, first + second)
