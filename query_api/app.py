@@ -38,7 +38,7 @@ from heatmap.errors import (
 from heatmap.settings import Settings
 from query_api import heatmap_query, render
 from query_api.metrics import QueryMetrics
-from query_api.png_check import MAX_PNG_PIXELS, check_png
+from query_api.png_check import check_png
 from query_api.screenshots import (
     FileScreenshotStore,
     S3ScreenshotStore,
@@ -266,6 +266,11 @@ class QueryService:
         data = await self.query(request.query, field="query")
         backdrop_bytes = await self._backdrop(request.query.screen_name, request.screenshot_id)
         rendered = await asyncio.to_thread(_render, data, backdrop_bytes, request.width)
+        if len(rendered.png) > self._settings.server.max_message_bytes - 1024:
+            raise ResourceExhausted(
+                f"the rendered PNG ({len(rendered.png)} bytes) exceeds the message limit; "
+                "ask for a smaller width"
+            )
         return heatmap_pb2.RenderHeatmapResponse(
             png=rendered.png, width=rendered.width, height=rendered.height
         )
@@ -295,7 +300,7 @@ def _render(
         backdrop = Image.open(io.BytesIO(backdrop_bytes), formats=["PNG"])
         backdrop.load()
     out_w, out_h = render.output_size(width, backdrop)
-    if out_w > render.MAX_WIDTH or out_w * out_h > MAX_PNG_PIXELS:
+    if out_w > render.MAX_WIDTH or out_w * out_h > render.MAX_OUTPUT_PIXELS:
         raise InvalidArgument(
             [FieldViolation("width", f"output {out_w}x{out_h} is larger than allowed")]
         )

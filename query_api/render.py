@@ -24,6 +24,7 @@ from query_api.colormap import VIRIDIS
 DEFAULT_WIDTH = 512
 MIN_WIDTH = 16
 MAX_WIDTH = 4096
+MAX_OUTPUT_PIXELS = 8_000_000  # keeps the PNG well inside the gRPC message limit
 MIN_ALPHA = 0.3
 MAX_ALPHA = 0.75
 _CUTOFF = 0.02  # density below this share of the peak is not drawn
@@ -68,12 +69,20 @@ def smooth(density: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 def output_size(width: int, backdrop: Image.Image | None) -> tuple[int, int]:
-    """(width, height): the width asked (0: backdrop's, or 512), backdrop aspect kept."""
+    """(width, height): the width asked, backdrop aspect kept.
+
+    Width 0 means the backdrop's own width (512 without one), scaled down if
+    needed to stay within MAX_WIDTH and MAX_OUTPUT_PIXELS. An explicit width
+    is taken as asked; callers reject sizes over the limits.
+    """
     if backdrop is None:
         w = width or DEFAULT_WIDTH
         return w, w
-    w = width or backdrop.width
-    return w, max(1, round(w * backdrop.height / backdrop.width))
+    aspect = backdrop.height / backdrop.width
+    if width:
+        return width, max(1, round(width * aspect))
+    w = min(backdrop.width, MAX_WIDTH, max(1, int((MAX_OUTPUT_PIXELS / aspect) ** 0.5)))
+    return w, max(1, round(w * aspect))
 
 
 def legend_box(width: int, height: int) -> tuple[int, int, int, int] | None:

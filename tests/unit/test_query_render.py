@@ -67,6 +67,12 @@ def test_over_a_screenshot_keeps_aspect_ratio_and_backdrop() -> None:
     assert int(y // (422 / 64)) == 20
     assert output_size(0, backdrop) == (390, 844)
     assert output_size(0, None) == (512, 512)
+    # Width 0 on a huge backdrop: scaled down within the limits, aspect kept.
+    w, h = output_size(0, Image.new("L", (6000, 6000)))
+    assert (w, h) == (2828, 2828)
+    w, h = output_size(0, Image.new("L", (100, 400_000)))
+    assert w * h <= 8_000_000
+    assert abs(h / w - 4000) < 40
 
 
 def test_empty_heatmap_is_the_backdrop_with_a_legend() -> None:
