@@ -13,9 +13,11 @@ batch, lz4 like the gateway), then in the same run:
   assignment until every partition's last offset is flushed to ClickHouse
   (and, reported beside it, until those offsets are committed).
 
-Prints medians over the repetitions, the ratio worker/raw, and the reduction
-ratio (events per stored row) per table: per flush (rows inserted) and fully
-merged (distinct cells).
+Prints medians over the repetitions, the ratio worker/raw, the worker's CPU
+time per event (all its threads: Faust, numpy, the in-process chDB engine; a
+figure that does not depend on what else runs on the machine), and the
+reduction ratio (events per stored row) per table: per flush (rows inserted)
+and fully merged (distinct cells).
 """
 
 from __future__ import annotations
@@ -146,11 +148,13 @@ async def worker_run(settings: Settings, ends: dict[int, int], chdb_url: str) ->
     await worker.start()
     await until(worker.healthy)
     assigned = time.perf_counter()
+    cpu_start = time.process_time()
     target = {p: end - 1 for p, end in ends.items() if end > 0}
     await until(
         lambda: all(worker.processor.flushed_offsets.get(p, -1) >= o for p, o in target.items())
     )
     flushed = time.perf_counter()
+    cpu = time.process_time() - cpu_start  # every thread of this process: Faust, numpy, chDB
 
     def all_committed() -> bool:
         # Faust's own record of what it committed to the group (no extra consumer here).
@@ -187,6 +191,7 @@ async def worker_run(settings: Settings, ends: dict[int, int], chdb_url: str) ->
     client.close()
     return {
         "startup_s": assigned - t0,
+        "cpu_s": cpu,
         "to_flushed_s": flushed - assigned,
         "to_committed_s": committed_at - assigned,
         "tables": rows,
@@ -241,6 +246,9 @@ def main() -> int:
             "worker_events_per_s_to_flushed": round(worker_rate),
             "worker_events_per_s_to_committed": round(committed_rate),
             "worker_vs_raw": round(worker_rate / raw_rate, 3),
+            "worker_cpu_us_per_event": round(
+                statistics.median(r["cpu_s"] for r in runs) / events * 1e6, 3
+            ),
             "worker_startup_s": round(statistics.median(r["startup_s"] for r in runs), 2),
             "reduction": {
                 t: {
