@@ -77,6 +77,7 @@ def create_app(
         topic_partitions=settings.kafka.partitions,
         topic_replication_factor=settings.kafka.replication,
         topic_allow_declare=False,
+        topic_disable_leader=True,  # no leader election needed: no tables, round-robin assignor
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=tuning.session_timeout_s,
         broker_heartbeat_interval=tuning.heartbeat_interval_s,
