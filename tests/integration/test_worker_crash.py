@@ -111,4 +111,5 @@ def test_sigkill_loop_counts_every_event_exactly_once(
     dead = read_messages(kafka_bootstrap, topic + "-dlq")
     assert len({dict(m.headers())["heatmap-source"] for m in dead}) == 3
     replays = re.findall(r"replay: (\d+) of", text)
+    assert replays, "no restart replayed stored records: the kills missed every window"
     print(f"{kills} kills; {len(replays)} flushes dropped already-stored events after restarts")

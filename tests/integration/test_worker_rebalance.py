@@ -15,7 +15,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.worker_support import (
     CellKey,
@@ -29,6 +31,17 @@ from tests.worker_support import (
 )
 
 ASSIGNED = r"partitions assigned: \[\d"
+
+
+def health(worker: WorkerProcess) -> str:
+    """grpc.health.v1 status of the worker's gRPC port (bound to port 0, read from its log)."""
+    match = re.search(r"serving on port (\d+)", worker.text())
+    assert match, worker.text()[-2000:]
+    with grpc.insecure_channel(f"127.0.0.1:{match.group(1)}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 @pytest.mark.slow
@@ -47,6 +60,8 @@ def test_two_workers_rebalance_on_join_and_on_leave(
         a.wait_for(ASSIGNED, timeout_s=60)
         produce_batches(kafka_bootstrap, topic, waves[0])
         assert wait_committed(kafka_bootstrap, group, topic, 3, timeout_s=60)
+
+        assert health(a) == "SERVING"
 
         # B joins while A is busy with the second wave: A flushes and commits on revoke.
         b = WorkerProcess(env_b, tmp_path / "b.log")
