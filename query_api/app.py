@@ -163,9 +163,16 @@ class QueryService:
             self._metrics.store_seconds.labels(op).observe(time.perf_counter() - started)
 
     async def query(
-        self, request: heatmap_pb2.QueryHeatmapDataRequest, field: str = ""
+        self,
+        request: heatmap_pb2.QueryHeatmapDataRequest,
+        field: str = "",
+        context: grpc.aio.ServicerContext | None = None,
     ) -> heatmap_pb2.QueryHeatmapDataResponse:
-        """Validate, run and shape one heatmap query (shared by QueryHeatmapData and render)."""
+        """Validate, run and shape one heatmap query (shared by QueryHeatmapData and render).
+
+        ClickHouse's max_execution_time is the configured bound, lowered to the
+        caller's remaining gRPC deadline when that is shorter.
+        """
         spec = heatmap_query.parse_request(request, field)
         if heatmap_query.is_empty(spec):
             return heatmap_pb2.QueryHeatmapDataResponse(grid_size=spec.grid_size)
@@ -180,7 +187,7 @@ class QueryService:
                 client.query,
                 plan.sql,
                 parameters=plan.parameters,
-                settings={"max_execution_time": self._settings.clickhouse.max_execution_time_s},
+                settings={"max_execution_time": _time_budget(self._settings, context)},
             )
         except DatabaseError as e:
             raise _clickhouse_error(e) from e
@@ -204,7 +211,7 @@ class QueryService:
     async def QueryHeatmapData(
         self, request: heatmap_pb2.QueryHeatmapDataRequest, context: grpc.aio.ServicerContext
     ) -> heatmap_pb2.QueryHeatmapDataResponse:
-        return await self.query(request)
+        return await self.query(request, context=context)
 
     async def ListScreenshots(
         self, request: heatmap_pb2.ListScreenshotsRequest, context: grpc.aio.ServicerContext
@@ -263,7 +270,7 @@ class QueryService:
                     )
                 ]
             )
-        data = await self.query(request.query, field="query")
+        data = await self.query(request.query, field="query", context=context)
         backdrop_bytes = await self._backdrop(request.query.screen_name, request.screenshot_id)
         rendered = await asyncio.to_thread(_render, data, backdrop_bytes, request.width)
         if len(rendered.png) > self._settings.server.max_message_bytes - 1024:
@@ -312,6 +319,14 @@ def _render(
         backdrop,
         width,
     )
+
+
+def _time_budget(settings: Settings, context: grpc.aio.ServicerContext | None) -> float:
+    budget = settings.clickhouse.max_execution_time_s
+    remaining = context.time_remaining() if context is not None else None
+    if remaining is not None:
+        budget = min(budget, max(0.001, float(remaining)))
+    return budget
 
 
 def _check_screen_name(screen_name: str) -> None:
