@@ -93,6 +93,12 @@ def metric(registry: CollectorRegistry, name: str) -> float:
     return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
 
 
+def lag_reported(registry: CollectorRegistry) -> bool:
+    return any(
+        s.name == "heatmap_worker_consumer_lag" for m in registry.collect() for s in m.samples
+    )
+
+
 def assert_exact(client: Client, batches: list) -> None:  # type: ignore[type-arg]
     expected = expected_counts(batches)
     for table in TABLE_KEYS:
@@ -149,6 +155,10 @@ async def test_exact_counts_with_duplicates_poison_late_events_and_a_full_replay
     total = sum(len(b) for b in batches + generated + generated + late)
     assert metric(registry, "heatmap_worker_events_aggregated_total") == total
     assert metric(registry, "heatmap_worker_cells_flushed_total") > 0
+    deadline = time.monotonic() + 10
+    while metric(registry, "heatmap_worker_consumer_lag") != 0 or not lag_reported(registry):
+        assert time.monotonic() < deadline, "consumer lag never reported as 0"
+        await asyncio.sleep(0.5)
     dead = await asyncio.to_thread(read_messages, k.bootstrap, k.dlq_topic)
     assert len(dead) == 3
     sources = sorted(dict(m.headers())["heatmap-source"].decode() for m in dead)

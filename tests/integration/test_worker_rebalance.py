@@ -12,6 +12,7 @@ two separate stores cannot, so this test is stricter on the commit path.)
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -71,9 +72,13 @@ def test_two_workers_rebalance_on_join_and_on_leave(
 
         # A leaves (SIGTERM: flush, commit, leave group); B takes every partition.
         produce_batches(kafka_bootstrap, topic, waves[2][:40])
+        seen = len(b.text())
         assert a.terminate() == 0
+        left = time.monotonic()
         produce_batches(kafka_bootstrap, topic, waves[2][40:])
-        b.wait_for(r"partitions assigned: \[0, 1, 2\]", timeout_s=60)
+        b.wait_for(r"partitions assigned: \[0, 1, 2\]", timeout_s=60, after=seen)
+        # Well under the 10 s session timeout: A left the group, it was not timed out.
+        assert time.monotonic() - left < 8.0
         assert wait_committed(kafka_bootstrap, group, topic, 3, timeout_s=90)
         assert b.terminate() == 0
     finally:
