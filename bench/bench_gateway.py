@@ -13,7 +13,8 @@ What it does (everything on loopback, everything stopped at the end):
    and the *ceiling*: a trivial handler on the same stack (``heatmap.serve``
    with the same interceptor: JWT check, metrics, health) that only decodes the
    request and answers its event count;
-3. per repeat: closed-loop maximum of the ceiling, closed-loop maximum of the
+3. a few unmeasured seconds of load on each server (JIT, connections), then
+   per repeat: closed-loop maximum of the ceiling, closed-loop maximum of the
    gateway (``--clients`` processes x ``--concurrency`` calls in flight,
    500-event requests from a synthetic fleet, 64 device tokens), then the
    gateway open-loop at half its measured maximum for p50/p99 latency, and
@@ -373,6 +374,11 @@ def _main(args: argparse.Namespace) -> int:
             if kafka_pid is not None:
                 watch["kafka"] = kafka_pid
             load = (args.clients, args.concurrency, args.duration)
+            if args.warmup > 0:
+                # Not measured: the broker's JIT, the producer's idempotence
+                # handshake and the servers' first calls are not steady state.
+                _drive(gateway.target, args.clients, args.concurrency, args.warmup, 0, {})
+                _drive(trivial.target, args.clients, args.concurrency, args.warmup, 0, {})
             rows = []
             for r in range(args.repeats):
                 ceiling = _drive(trivial.target, *load, 0, watch)
@@ -457,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("trivial", help="(internal) the ceiling server, configured by HEATMAP_*")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    parser.add_argument("--warmup", type=float, default=4.0, help="unmeasured seconds first")
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per client")
     args = parser.parse_args(argv)
