@@ -1,8 +1,9 @@
 """One flush, start to finish: decode, dead-letter, deduplicate, aggregate, insert.
 
-Independent of Faust: the agent hands ``Processor.process`` the raw records
-of one ``noack_take`` batch and acks them only after it returns. The method
-returns only once everything is durably in ClickHouse (or dead-lettered); a
+Independent of Faust: the agent hands ``Processor.prepare`` the raw records
+of one ``noack_take`` batch (decode, dead-letter, dedup, aggregate), then
+``Processor.store`` (inserts), and acks the records only after ``store``
+returned, i.e. once everything is durably in ClickHouse (or dead-lettered); a
 failed ClickHouse call is retried with backoff for as long as it takes, never
 skipped, because Faust would commit past a single un-acked offset.
 
