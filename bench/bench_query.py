@@ -23,8 +23,8 @@ In its own process with its own temporary chDB path:
    calls after 3 warm-up calls), then the same SQL the service runs and the
    equivalent SQL on the raw table are timed in this process (``--raw-calls``
    calls each). Answers are checked equal first.
-4. ``--projection`` adds the proposed per-(screen, cell) projection to
-   touch_cells and touch_cells_64 first (see ``add_projections``).
+4. The per-(screen, cell) projections of migration 003 are part of the
+   schema; ClickHouse uses them for the whole-range shapes by itself.
 
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
@@ -150,28 +150,6 @@ def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
         client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
     timings["optimize_s"] = time.perf_counter() - started
     return timings
-
-
-# Proposed (not in schemas/clickhouse yet): a per-(screen, cell) aggregate
-# projection, which ClickHouse picks by itself for the dashboard's default
-# question (one screen, whole range, all campaigns and types) instead of
-# summing every (hour, campaign, type) row of the screen.
-PROJECTION = "by_screen_cell"
-
-
-def add_projections(client: Client) -> None:
-    for table in ("touch_cells_64", "touch_cells"):
-        client.command(
-            f"ALTER TABLE {table} MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild'"
-        )
-        client.command(
-            f"ALTER TABLE {table} ADD PROJECTION IF NOT EXISTS {PROJECTION} "
-            "(SELECT screen_name, cell_x, cell_y, sum(events) GROUP BY screen_name, cell_x, cell_y)"
-        )
-        client.command(
-            f"ALTER TABLE {table} MATERIALIZE PROJECTION {PROJECTION}",
-            settings={"mutations_sync": 2, "max_execution_time": 0},
-        )
 
 
 def wait_for_merges(client: Client, timeout_s: float = 300) -> None:
@@ -446,11 +424,6 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="chDB dir to use and keep; if it already holds a loaded run, measure that again",
     )
-    parser.add_argument(
-        "--projection",
-        action="store_true",
-        help="add the proposed per-(screen, cell) projection to touch_cells(_64) first",
-    )
     parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -480,8 +453,6 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"loading {args.events:,} fleet events into {chdb_dir}", flush=True)
                 timings = load(client, args.events, spec)
-            if args.projection:
-                add_projections(client)
             wait_for_merges(client)
             sizes = disk(client)
             for table, info in sorted(sizes.items()):
@@ -498,7 +469,6 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "load_average": os.getloadavg(),
                 "events": args.events,
-                "projection": args.projection,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,
                 "shapes": results,

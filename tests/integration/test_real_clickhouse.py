@@ -78,5 +78,9 @@ def test_heatmap_migrate_command_on_a_fresh_chdb_path(tmp_path: Path) -> None:
             check=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert runs[0]["applied"] == ["001_touch_cells", "002_ingest_batches"]
+    assert runs[0]["applied"] == [
+        "001_touch_cells",
+        "002_ingest_batches",
+        "003_screen_cell_projections",
+    ]
     assert runs[1]["applied"] == []

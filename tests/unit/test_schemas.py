@@ -40,7 +40,7 @@ def test_migrations_are_numbered_and_split() -> None:
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
     for migration in migrations:
         assert migration.statements
-        assert all(s.upper().startswith("CREATE") for s in migration.statements)
+        assert all(s.upper().startswith(("CREATE", "ALTER")) for s in migration.statements)
 
 
 def test_split_statements_drops_comment_lines() -> None:
