@@ -113,14 +113,18 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     y = np.array(column(columns.y, "y"), dtype=np.float32)
     event_type = np.array(column(columns.event_type, "event_type"), dtype=np.int64)
     stamps = columns.timestamp
-    seconds = stamps.seconds
-    if len(seconds) != n:
-        seconds = [e.timestamp.seconds for e in events]
-    nanos = stamps.nanos
-    if len(nanos) != n:
-        nanos = [e.timestamp.nanos for e in events]
-    sec = np.array(seconds, dtype=np.int64)
-    nano = np.array(nanos, dtype=np.int64)
+    seconds, nanos = stamps.seconds, stamps.nanos
+    if len(seconds) == 0 and len(nanos) == 0:
+        # No event carries a time other than the epoch: clients that leave it
+        # to the server. Unset and explicit epoch are told apart below.
+        sec = nano = np.zeros(n, dtype=np.int64)
+    else:
+        if len(seconds) != n:
+            seconds = [e.timestamp.seconds for e in events]
+        if len(nanos) != n:
+            nanos = [e.timestamp.nanos for e in events]
+        sec = np.array(seconds, dtype=np.int64)
+        nano = np.array(nanos, dtype=np.int64)
     screen_dict, screen_index = _dictionary(column(columns.screen_name, "screen_name"))
     if len(columns.campaign_id) == 0:  # the common case: no campaign anywhere
         campaign_dict, campaign_index = [""], np.zeros(n, dtype=np.uint32)
@@ -142,10 +146,10 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     unset = (sec == 0) & (nano == 0)
     if unset.any():
         # Absent on the wire and explicitly the epoch both read as (0, 0):
-        # only those few events pay for the presence check.
-        for i in np.flatnonzero(unset).tolist():
-            if not events[i].HasField("timestamp"):
-                timestamp_ms[i] = received_at_ms
+        # only those events pay for the presence check.
+        has = events.__getitem__
+        absent = [i for i in np.flatnonzero(unset).tolist() if not has(i).HasField("timestamp")]
+        timestamp_ms[absent] = received_at_ms
     if int(timestamp_ms.max()) > received_at_ms + MAX_FUTURE_MS:
         raise BatchRejected(_violations(request, received_at_ms))
 

@@ -308,3 +308,12 @@ def test_fast_path_equals_the_event_by_event_reading_on_random_requests() -> Non
         assert batch.y.tolist() == want["y"]
         assert batch.timestamp_ms.tolist() == want["ts"]
         assert batch.event_type.tolist() == want["type"]
+
+
+def test_batches_without_any_event_time_get_the_receive_time() -> None:
+    batch = build(request(*[event()] * 500))
+    assert (batch.timestamp_ms == NOW_MS).all()
+    epoch = event()
+    epoch.timestamp.SetInParent()
+    batch = build(request(event(), epoch, event()))
+    assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS]
