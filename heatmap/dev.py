@@ -26,7 +26,7 @@ from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
 from heatmap.kafka_admin import ensure_topics
 from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.serve import serve
+from heatmap.serve import Component, serve
 from heatmap.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ async def _serve(settings: Settings) -> None:
     registry = CollectorRegistry()
     # One chDB engine per process: the worker and the query service share it.
     clickhouse = connect(settings.clickhouse)
-    components = [
+    components: list[Component] = [
         Worker(settings, registry, clickhouse),
         Gateway(settings, registry),
         QueryService(settings, registry, clickhouse),

@@ -64,7 +64,12 @@ def ts(seconds: int) -> Timestamp:
 
 
 def event(
-    screen: str, x: float, y: float, kind: int, at: int, campaign: str = ""
+    screen: str,
+    x: float,
+    y: float,
+    kind: heatmap_pb2.TouchEventType.ValueType,
+    at: int,
+    campaign: str = "",
 ) -> heatmap_pb2.TouchEvent:
     return heatmap_pb2.TouchEvent(
         screen_name=screen, x=x, y=y, event_type=kind, timestamp=ts(at), campaign_id=campaign
@@ -130,7 +135,7 @@ def test_ingest_then_query_exact_counts(
         ("alice", 5),
         ("bob", 3),
     ]
-    by_user = Counter()
+    by_user: Counter[str] = Counter()
     for point in per_user.data_points:
         by_user[point.user_id] += point.count
     assert by_user == {"alice": 5, "bob": 3}
@@ -183,8 +188,8 @@ def test_invalid_batch_is_rejected_with_field_paths(
         stub.IngestTouchEvents(
             heatmap_pb2.IngestTouchEventsRequest(events=events), metadata=auth(dev, "frank")
         )
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    status = rpc_status.from_call(err.value)  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(err.value)
     assert status is not None
     detail = error_details_pb2.BadRequest()
     status.details[0].Unpack(detail)
@@ -195,16 +200,16 @@ def test_auth_failures(dev: DevProcess, stub: heatmap_pb2_grpc.HeatmapServiceStu
     query = heatmap_pb2.QueryHeatmapDataRequest(screen_name="Home")
     with pytest.raises(grpc.RpcError) as missing:
         stub.QueryHeatmapData(query)
-    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.RpcError) as denied:
         stub.QueryHeatmapData(query, metadata=auth(dev, "device-only"))
-    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.RpcError) as upload:
         stub.UploadScreenshot(
             heatmap_pb2.UploadScreenshotRequest(screen_name="Home"),
             metadata=auth(dev, "viewer", VIEW_HEATMAPS),
         )
-    assert upload.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert upload.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def png(width: int, height: int) -> bytes:
