@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -128,22 +129,36 @@ def migrate(settings: ClickHouseSettings) -> list[str]:
     try:
         client.command(_LEDGER)
         done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
-        applied = []
-        for migration in load_migrations():
-            if migration.version in done:
-                continue
-            for statement in migration.statements:
-                client.command(statement)
-            client.insert(
-                "schema_migrations",
-                [[migration.version, migration.name, migration.checksum]],
-                column_names=["version", "name", "checksum"],
-            )
-            applied.append(f"{migration.version:03d}_{migration.name}")
-            logger.info("applied migration %03d_%s", migration.version, migration.name)
-        return applied
+        return apply_pending(client, [(m, m.statements) for m in load_migrations()], done)
     finally:
         client.close()
+
+
+def apply_pending(
+    client: Client,
+    plan: Sequence[tuple[Migration, Sequence[str]]],
+    done: set[int],
+    where: str = "",
+) -> list[str]:
+    """Run each migration not in ``done`` (its given statements), then record it.
+
+    Recording comes after the statements, and every statement is idempotent
+    (IF NOT EXISTS...), so a failure part-way is repaired by running again.
+    """
+    applied = []
+    for migration, statements in plan:
+        if migration.version in done:
+            continue
+        for statement in statements:
+            client.command(statement)
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["version", "name", "checksum"],
+        )
+        applied.append(f"{migration.version:03d}_{migration.name}")
+        logger.info("applied migration %03d_%s%s", migration.version, migration.name, where)
+    return applied
 
 
 def quote_identifier(name: str) -> str:

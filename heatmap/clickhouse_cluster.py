@@ -33,15 +33,18 @@ SQL for review before an SRE runs it.
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import sys
 from collections.abc import Sequence
 
-from heatmap.clickhouse import Migration, connect, load_migrations, quote_identifier
+from heatmap.clickhouse import (
+    Migration,
+    apply_pending,
+    connect,
+    load_migrations,
+    quote_identifier,
+)
 from heatmap.settings import ClickHouseSettings
-
-logger = logging.getLogger(__name__)
 
 #: ZooKeeper/Keeper path of each replicated table (per shard).
 REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
@@ -323,25 +326,7 @@ def migrate_cluster(settings: ClickHouseSettings, cluster: str) -> list[str]:
                 settings={"select_sequential_consistency": 1},
             ).result_rows
         }
-        applied = []
-        for migration, statements in plan:
-            if migration.version in done:
-                continue
-            for statement in statements:
-                client.command(statement)
-            client.insert(
-                "schema_migrations",
-                [[migration.version, migration.name, migration.checksum]],
-                column_names=["version", "name", "checksum"],
-            )
-            applied.append(f"{migration.version:03d}_{migration.name}")
-            logger.info(
-                "applied migration %03d_%s on cluster %s",
-                migration.version,
-                migration.name,
-                cluster,
-            )
-        return applied
+        return apply_pending(client, plan, done, f" on cluster {cluster}")
     finally:
         client.close()
 

@@ -145,10 +145,61 @@ def _newest_first(shots: list[Screenshot]) -> list[Screenshot]:
     return sorted(shots, key=lambda s: (s.uploaded_at, s.screenshot_id), reverse=True)
 
 
+class _ObjectLayout:
+    """The layout above, on three primitives each backend provides.
+
+    ``_read(name)`` returns None for a missing object; ``_write(name, data,
+    content_type)``; ``_metadata_names(prefix)`` lists the ``.json`` objects
+    under a screen's prefix. All raise ``Unavailable`` when the store is down.
+    """
+
+    def _read(self, name: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _write(self, name: str, data: bytes, content_type: str) -> None:
+        raise NotImplementedError
+
+    def _metadata_names(self, prefix: str) -> list[str]:
+        raise NotImplementedError
+
+    def get(self, shot_id: str) -> Screenshot | None:
+        if not is_valid_id(shot_id):
+            return None
+        raw = self._read(object_names(shot_id)[1])
+        return Screenshot.from_json(raw) if raw is not None else None
+
+    def put(self, shot: Screenshot, data: bytes) -> Screenshot:
+        existing = self.get(shot.screenshot_id)
+        if existing is not None:
+            return existing
+        png_name, json_name = object_names(shot.screenshot_id)
+        self._write(png_name, data, CONTENT_TYPE)
+        self._write(json_name, shot.to_json(), "application/json")  # last: see module doc
+        return shot
+
+    def read(self, shot_id: str) -> tuple[Screenshot, bytes] | None:
+        shot = self.get(shot_id)
+        if shot is None:
+            return None
+        data = self._read(object_names(shot_id)[0])
+        return (shot, data) if data is not None else None
+
+    def list(self, screen_name: str) -> list[Screenshot]:
+        shots = []
+        for name in self._metadata_names(f"screens/{screen_key(screen_name)}/"):
+            raw = self._read(name)
+            if raw is None:
+                continue
+            shot = Screenshot.from_json(raw)
+            if shot.screen_name == screen_name:  # screen_key is a 64-bit hash prefix
+                shots.append(shot)
+        return _newest_first(shots)
+
+
 # ------------------------------------------------------------------- S3
 
 
-class S3ScreenshotStore:
+class S3ScreenshotStore(_ObjectLayout):
     """S3 or MinIO through the minio SDK, with bounded timeouts and retries."""
 
     def __init__(
@@ -196,7 +247,7 @@ class S3ScreenshotStore:
             if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise Unavailable(f"object store refused bucket {self._bucket}: {e}") from e
 
-    def _get_bytes(self, name: str) -> bytes | None:
+    def _read(self, name: str) -> bytes | None:
         try:
             response = self._call("get_object", self._client.get_object, self._bucket, name)
         except S3Error as e:
@@ -210,7 +261,7 @@ class S3ScreenshotStore:
             response.close()
             response.release_conn()
 
-    def _put_bytes(self, name: str, data: bytes, content_type: str) -> None:
+    def _write(self, name: str, data: bytes, content_type: str) -> None:
         try:
             self._call(
                 "put_object",
@@ -224,52 +275,17 @@ class S3ScreenshotStore:
         except S3Error as e:
             raise Unavailable(f"object store error writing {name}: {e}") from e
 
-    def get(self, shot_id: str) -> Screenshot | None:
-        if not is_valid_id(shot_id):
-            return None
-        raw = self._get_bytes(object_names(shot_id)[1])
-        return Screenshot.from_json(raw) if raw is not None else None
-
-    def put(self, shot: Screenshot, data: bytes) -> Screenshot:
-        existing = self.get(shot.screenshot_id)
-        if existing is not None:
-            return existing
-        png_name, json_name = object_names(shot.screenshot_id)
-        self._put_bytes(png_name, data, CONTENT_TYPE)
-        self._put_bytes(json_name, shot.to_json(), "application/json")
-        return shot
-
-    def read(self, shot_id: str) -> tuple[Screenshot, bytes] | None:
-        shot = self.get(shot_id)
-        if shot is None:
-            return None
-        data = self._get_bytes(object_names(shot_id)[0])
-        return (shot, data) if data is not None else None
-
-    def list(self, screen_name: str) -> list[Screenshot]:
-        prefix = f"screens/{screen_key(screen_name)}/"
+    def _metadata_names(self, prefix: str) -> list[str]:
         try:
-            names = [
-                o.object_name
-                for o in self._call(
-                    "list_objects",
-                    lambda: list(
-                        self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
-                    ),
-                )
-                if o.object_name and o.object_name.endswith(".json")
-            ]
+            objects = self._call(
+                "list_objects",
+                lambda: list(
+                    self._client.list_objects(self._bucket, prefix=prefix, recursive=True)
+                ),
+            )
         except S3Error as e:
             raise Unavailable(f"object store error listing {prefix}: {e}") from e
-        shots = []
-        for name in names:
-            raw = self._get_bytes(name)
-            if raw is None:
-                continue
-            shot = Screenshot.from_json(raw)
-            if shot.screen_name == screen_name:  # screen_key is a 64-bit hash prefix
-                shots.append(shot)
-        return _newest_first(shots)
+        return [o.object_name for o in objects if o.object_name and o.object_name.endswith(".json")]
 
     def download_url(self, shot: Screenshot) -> str:
         url: str = self._client.presigned_get_object(
@@ -286,7 +302,7 @@ class S3ScreenshotStore:
 # ----------------------------------------------------------- filesystem
 
 
-class FileScreenshotStore:
+class FileScreenshotStore(_ObjectLayout):
     """The same layout under a directory: the embedded mode (``heatmap dev``)."""
 
     def __init__(self, root: Path) -> None:
@@ -309,7 +325,7 @@ class FileScreenshotStore:
         except OSError as e:
             raise Unavailable(f"screenshot directory error reading {name}: {e}") from e
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes, content_type: str) -> None:
         path = self._path(name)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,36 +336,11 @@ class FileScreenshotStore:
         except OSError as e:
             raise Unavailable(f"screenshot directory error writing {name}: {e}") from e
 
-    def get(self, shot_id: str) -> Screenshot | None:
-        if not is_valid_id(shot_id):
-            return None
-        raw = self._read(object_names(shot_id)[1])
-        return Screenshot.from_json(raw) if raw is not None else None
-
-    def put(self, shot: Screenshot, data: bytes) -> Screenshot:
-        existing = self.get(shot.screenshot_id)
-        if existing is not None:
-            return existing
-        png_name, json_name = object_names(shot.screenshot_id)
-        self._write(png_name, data)
-        self._write(json_name, shot.to_json())
-        return shot
-
-    def read(self, shot_id: str) -> tuple[Screenshot, bytes] | None:
-        shot = self.get(shot_id)
-        if shot is None:
-            return None
-        data = self._read(object_names(shot_id)[0])
-        return (shot, data) if data is not None else None
-
-    def list(self, screen_name: str) -> list[Screenshot]:
-        folder = self._root / "screens" / screen_key(screen_name)
+    def _metadata_names(self, prefix: str) -> list[str]:
         try:
-            paths = sorted(folder.glob("*.json"))
+            return sorted(str(p.relative_to(self._root)) for p in self._path(prefix).glob("*.json"))
         except OSError as e:
             raise Unavailable(f"screenshot directory error listing: {e}") from e
-        shots = [Screenshot.from_json(p.read_bytes()) for p in paths]
-        return _newest_first([s for s in shots if s.screen_name == screen_name])
 
     def download_url(self, shot: Screenshot) -> str:
         return ""
