@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import mint_token
 from heatmap.fleet import Fleet
-from heatmap.localinfra.process import free_port
+from heatmap.localinfra.process import free_port, service_env
 from heatmap.settings import KafkaSettings, Settings
 from schemas.heatmap.v1 import heatmap_pb2
 
@@ -210,8 +210,7 @@ class Server:
 
 
 def _server_env(bootstrap: str, topic: str, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEATMAP_")}
-    env.update(
+    return service_env(
         HEATMAP_KAFKA_BOOTSTRAP=bootstrap,
         HEATMAP_KAFKA_TOPIC=topic,
         HEATMAP_JWT_SECRET=SECRET,
@@ -221,7 +220,6 @@ def _server_env(bootstrap: str, topic: str, port: int) -> dict[str, str]:
         HEATMAP_LOG_LEVEL="warning",
         HEATMAP_SHUTDOWN_GRACE_S="5",
     )
-    return env
 
 
 def _start_server(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Server:

@@ -9,7 +9,6 @@ once the worker has exited.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -25,6 +24,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from heatmap.fleet import Fleet, FleetSpec
+from heatmap.localinfra.process import service_env
 from schemas.touch_batch import TouchBatch, encode_batch
 
 CellKey = tuple[Any, ...]
@@ -244,8 +244,7 @@ class WorkerProcess:
 def worker_env(
     bootstrap: str, topic: str, group: str, chdb_path: Path, **extra: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEATMAP_")}
-    env.update(
+    return service_env(
         HEATMAP_KAFKA_BOOTSTRAP=bootstrap,
         HEATMAP_KAFKA_TOPIC=topic,
         HEATMAP_KAFKA_DLQ_TOPIC=topic + "-dlq",
@@ -257,9 +256,8 @@ def worker_env(
         HEATMAP_METRICS_PORT="0",
         HEATMAP_LOG_FORMAT="text",
         HEATMAP_LOG_LEVEL="info",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def stored_counts(path: Path, database: str = "heatmap") -> dict[str, Counter[CellKey]]:

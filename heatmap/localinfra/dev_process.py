@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from heatmap.localinfra.process import free_port
+from heatmap.localinfra.process import free_port, service_env
 
 
 class DevProcess:
@@ -32,18 +31,11 @@ class DevProcess:
         return (self.data_dir / "dev-jwt-secret").read_text().strip()
 
     def start(self, timeout_s: float = 120.0) -> None:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("HEATMAP_") or k == "HEATMAP_CACHE_DIR"
-        }
-        env.update(
-            {
-                "HEATMAP_METRICS_PORT": "0",
-                "HEATMAP_LOG_FORMAT": "text",
-                "HEATMAP_FLUSH_INTERVAL_S": "0.3",
-                **self.extra_env,
-            }
+        env = service_env(
+            HEATMAP_METRICS_PORT="0",
+            HEATMAP_LOG_FORMAT="text",
+            HEATMAP_FLUSH_INTERVAL_S="0.3",
+            **self.extra_env,
         )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -19,6 +19,19 @@ def cache_dir() -> Path:
     return root
 
 
+def service_env(**overrides: str) -> dict[str, str]:
+    """The environment for a child ``heatmap`` process: ours without any
+    ``HEATMAP_*`` setting (so a developer's shell cannot leak into a test or
+    bench), keeping the tooling cache dir, plus ``overrides``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HEATMAP_") or k == "HEATMAP_CACHE_DIR"
+    }
+    env.update(overrides)
+    return env
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from heatmap.localinfra.process import free_port
+from heatmap.localinfra.process import free_port, service_env
 from heatmap.settings import KafkaSettings
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
@@ -40,8 +39,7 @@ class Outcome:
 
 
 def gateway_env(kafka: KafkaSettings, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEATMAP_")}
-    env.update(
+    return service_env(
         HEATMAP_KAFKA_BOOTSTRAP=kafka.bootstrap or "",
         HEATMAP_KAFKA_TOPIC=kafka.topic,
         HEATMAP_JWT_SECRET=TEST_JWT_SECRET,
@@ -51,7 +49,6 @@ def gateway_env(kafka: KafkaSettings, port: int) -> dict[str, str]:
         HEATMAP_SHUTDOWN_GRACE_S="10",
         HEATMAP_LOG_FORMAT="json",
     )
-    return env
 
 
 async def client_loop(
