@@ -85,6 +85,12 @@ class WorkerSettings:
     flush_interval_s: float = 1.0
     flush_max_cells: int = 200_000
     clickhouse_retry_max_s: float = 30.0
+    # Consumer-group timings: a dead worker's partitions move after the
+    # session timeout; a revoke waits (up to the rebalance timeout) for the
+    # in-flight flush; commits only shorten the replay after a crash.
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 30.0
+    commit_interval_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -310,7 +316,23 @@ def _parse(env: Mapping[str, str]) -> Settings:
         clickhouse_retry_max_s=r.positive_float(
             "CLICKHOUSE_RETRY_MAX_S", WorkerSettings.clickhouse_retry_max_s
         ),
+        session_timeout_s=r.positive_float(
+            "KAFKA_SESSION_TIMEOUT_S", WorkerSettings.session_timeout_s
+        ),
+        rebalance_timeout_s=r.positive_float(
+            "KAFKA_REBALANCE_TIMEOUT_S", WorkerSettings.rebalance_timeout_s
+        ),
+        commit_interval_s=r.positive_float(
+            "KAFKA_COMMIT_INTERVAL_S", WorkerSettings.commit_interval_s
+        ),
     )
+    if worker.session_timeout_s < 3.0:
+        raise SettingsError(f"{PREFIX}KAFKA_SESSION_TIMEOUT_S: at least 3 s (heartbeats every 1 s)")
+    if worker.flush_interval_s * 2 >= worker.rebalance_timeout_s:
+        raise SettingsError(
+            f"{PREFIX}KAFKA_REBALANCE_TIMEOUT_S: must exceed twice {PREFIX}FLUSH_INTERVAL_S "
+            "(a rebalance waits for the in-flight flush)"
+        )
     query = QuerySettings(
         max_per_user_points=r.positive_int("MAX_PER_USER_POINTS", QuerySettings.max_per_user_points)
     )

@@ -58,16 +58,24 @@ class FaustTuning:
     max_poll_interval_s: float = 120.0
     max_fetch_bytes_per_partition: int = 8 * 1024 * 1024
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FaustTuning:
+        worker = settings.worker
+        return cls(
+            session_timeout_s=worker.session_timeout_s,
+            rebalance_timeout_s=worker.rebalance_timeout_s,
+            commit_interval_s=worker.commit_interval_s,
+        )
+
 
 def take_messages(settings: Settings) -> int:
     """Records per ``noack_take``: about ``flush_max_cells`` events of 500-event batches."""
     return max(16, settings.worker.flush_max_cells // 500)
 
 
-def create_app(
-    settings: Settings, data_dir: Path, tuning: FaustTuning = FaustTuning()
-) -> faust.App:
+def create_app(settings: Settings, data_dir: Path, tuning: FaustTuning | None = None) -> faust.App:
     bootstrap = settings.require_kafka()
+    tuning = tuning or FaustTuning.from_settings(settings)
     return faust.App(
         settings.kafka.consumer_group,
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
@@ -155,11 +163,11 @@ class Worker:
         registry: CollectorRegistry,
         clickhouse_client: Client | None = None,
         *,
-        tuning: FaustTuning = FaustTuning(),
+        tuning: FaustTuning | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
-        self.tuning = tuning
+        self.tuning = tuning or FaustTuning.from_settings(settings)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
         self._app: faust.App | None = None

@@ -48,6 +48,8 @@ def test_values_are_read_and_typed() -> None:
         ("HEATMAP_KAFKA_COMPRESSION", "brotli"),
         ("HEATMAP_JWT_ALGORITHMS", "none"),
         ("HEATMAP_LOG_LEVEL", "loud"),
+        ("HEATMAP_KAFKA_SESSION_TIMEOUT_S", "1"),
+        ("HEATMAP_KAFKA_REBALANCE_TIMEOUT_S", "1.5"),
     ],
 )
 def test_invalid_value_names_the_variable(name: str, value: str) -> None:
@@ -97,3 +99,21 @@ def test_public_key_file_is_read(tmp_path: Path) -> None:
     assert settings.auth.jwt_algorithms == ("RS256", "ES256")
     with pytest.raises(SettingsError, match="HEATMAP_JWT_PUBLIC_KEY_FILE"):
         Settings.from_env({"HEATMAP_JWT_PUBLIC_KEY_FILE": str(tmp_path / "missing.pem")})
+
+
+def test_worker_group_timings_reach_faust() -> None:
+    from stream_workers.app import FaustTuning
+
+    settings = Settings.from_env(
+        {
+            "HEATMAP_KAFKA_SESSION_TIMEOUT_S": "6",
+            "HEATMAP_KAFKA_REBALANCE_TIMEOUT_S": "15",
+            "HEATMAP_KAFKA_COMMIT_INTERVAL_S": "0.2",
+        }
+    )
+    tuning = FaustTuning.from_settings(settings)
+    assert (tuning.session_timeout_s, tuning.rebalance_timeout_s, tuning.commit_interval_s) == (
+        6.0,
+        15.0,
+        0.2,
+    )
