@@ -181,6 +181,10 @@ def test_config_and_secret_hold_only_known_settings() -> None:
     secret = _by_kind("Secret")["heatmap-secrets"]
     keys = set(_config_env()) | set(secret["stringData"])
     assert all(k.startswith("HEATMAP_") for k in keys)
+    # Every key is a variable heatmap/settings.py reads: a typo would be ignored silently.
+    source = (Path(__file__).parents[2] / "heatmap" / "settings.py").read_text()
+    unknown = [k for k in keys if f'"{k.removeprefix("HEATMAP_")}"' not in source]
+    assert not unknown, unknown
     assert not set(_config_env()) & set(secret["stringData"])
     for key in ("HEATMAP_CLICKHOUSE_URL", "HEATMAP_S3_SECRET_KEY"):
         assert key in secret["stringData"], "secrets stay out of the ConfigMap"
