@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,10 +34,34 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 
 def free_port() -> int:
+    """A free loopback port for a server we are about to start.
+
+    Chosen below the kernel's ephemeral range: a port-0 pick comes from that
+    range, and between the pick and the server's bind any outgoing connection
+    on the machine (tests open thousands) may take it. Listeners are rare, so
+    a random port below the range that binds now stays free.
+    """
+    low = _ephemeral_low()
+    for _ in range(50):
+        port = random.randint(max(10_000, low - 12_000), low - 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768
+    return low if low > 11_000 else 32_768
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -28,9 +28,10 @@ def up(root: Path) -> dict[str, str]:
         return state
     kafka = KafkaBroker(root / "kafka")
     s3 = SeaweedS3(root / "s3")
-    kafka.start()
+    # Generous: `up` is run on loaded machines (benches, CI) and only once.
+    kafka.start(timeout_s=120)
     try:
-        s3.start()
+        s3.start(timeout_s=120)
     except Exception:
         kafka.stop()
         raise

@@ -24,8 +24,8 @@ def heatmap(*args: str) -> str:
         capture_output=True,
         text=True,
         timeout=180,
-        check=True,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
