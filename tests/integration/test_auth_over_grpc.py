@@ -6,9 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import _async as rpc_status_async
 
 from heatmap.auth import VIEW_HEATMAPS, Authenticator, current_principal, mint_token
 from heatmap.errors import FieldViolation, InvalidArgument
@@ -16,6 +14,7 @@ from heatmap.grpc_server import ServiceInterceptor, bind, init_health, new_serve
 from heatmap.settings import AuthSettings
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import bad_request_fields
 
 
 class EchoService(heatmap_pb2_grpc.HeatmapServiceServicer):
@@ -105,11 +104,7 @@ async def test_invalid_argument_carries_bad_request_details(channel: grpc.aio.Ch
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = await rpc_status_async.from_call(call)
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
-    assert [v.field for v in bad_request.field_violations] == ["batch_id", "events[3].x"]
+    assert await bad_request_fields(call) == ["batch_id", "events[3].x"]
 
 
 async def test_health_needs_no_token(channel: grpc.aio.Channel) -> None:

@@ -17,9 +17,9 @@ import grpc
 from heatmap.settings import KafkaSettings, Settings
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import decode_batch
+from tests.grpc_support import bad_request_fields
 from tests.integration.test_gateway_support import (
     auth,
-    bad_request_fields,
     gateway_settings,
     read_topic,
     running_gateway,

@@ -17,11 +17,11 @@ from heatmap.settings import KafkaSettings, Settings
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import decode_batch
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import bad_request_fields
 from tests.integration.test_gateway_support import (
     INGEST,
     Running,
     auth,
-    bad_request_fields,
     batch_ids,
     gateway_settings,
     ingest_request,

@@ -11,9 +11,7 @@ from dataclasses import dataclass, replace
 
 import grpc
 from confluent_kafka import Consumer, TopicPartition
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import _async as rpc_status_async
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import mint_token
@@ -121,14 +119,6 @@ def ingest_request(n: int = 10, batch_id: str = "") -> heatmap_pb2.IngestTouchEv
         events=[touch(x=(i % 11) / 10, y=((i * 7) % 11) / 10, kind=1 + i % 3) for i in range(n)],
         batch_id=batch_id,
     )
-
-
-async def bad_request_fields(call: grpc.aio.UnaryUnaryCall) -> list[str]:
-    status = await rpc_status_async.from_call(call)
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
-    return [v.field for v in bad_request.field_violations]
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,8 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import _async as rpc_status_async
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
@@ -38,6 +36,7 @@ from query_api.screenshots import ScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import bad_request_fields
 
 H10 = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
 
@@ -429,11 +428,7 @@ async def test_invalid_requests_name_the_field(settings: Settings) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            status = await rpc_status_async.from_call(call)
-            assert status is not None
-            detail = error_details_pb2.BadRequest()
-            assert status.details[0].Unpack(detail)
-            assert [v.field for v in detail.field_violations] == [field]
+            assert await bad_request_fields(call) == [field]
 
 
 async def test_auth_health_reflection_and_metrics(settings: Settings) -> None:
