@@ -1,9 +1,17 @@
 """Read an ``IngestTouchEventsRequest``'s events column by column, inside the protobuf parser.
 
-The trick: the same bytes are parsed a second time with a *shadow* schema in
-which ``events`` (field 1) is a singular message whose fields are repeated:
+Reading 500 events attribute by attribute costs ~0.3 ms of Python per
+request; this module lets the parser (upb, in C) do the transposition.
 
-    message Request { Columns events = 1; }
+Step 1, ``split``: the request is parsed with a shadow schema in which
+``events`` is ``repeated bytes``: the parser only cuts the bytes into one
+slice per event (and reads ``batch_id``), so the event count is known before
+anything else is decoded.
+
+Step 2, ``parse_columns``: the event slices are joined, each preceded by a
+*marker*, and the result is parsed as one message of a second shadow schema
+whose fields are all repeated:
+
     message Columns {
       repeated string screen_name = 1;  repeated float x = 2;  repeated float y = 3;
       Stamps timestamp = 4;             repeated string campaign_id = 5;
@@ -11,41 +19,66 @@ which ``events`` (field 1) is a singular message whose fields are repeated:
     }
     message Stamps { repeated int64 seconds = 1; repeated int32 nanos = 2; }
 
-Protobuf merges repeated occurrences of a singular message field, and appends
-each occurrence of a repeated field (parsers accept unpacked elements for a
-packed field), so the parser (upb, in C) builds one list per field, in
-request order: the transposition that costs ~0.3 ms per 500 events in
-Python attribute access costs ~0.05 ms here.
+Concatenated messages merge: a repeated field appends every occurrence and a
+singular message field merges its occurrences, so the parser builds one list
+per field, in request order.
 
 The catch is proto3's implicit presence: a field holding its default value
-(``x == 0.0``, ``campaign_id == ""``, ``nanos == 0``, an unset timestamp) is
-not on the wire, so its column is shorter than the number of events and no
-longer says which event is which. A column is therefore used only when it
-has exactly one entry per event; otherwise ``validation`` reads that one
-column event by event from the ordinary decode. (A hand-made encoding that
-repeats a field inside one event *and* omits it in another could keep the
-count right while shifting values between the two; no protobuf serializer
-emits repeated singular fields, and the shifted values still pass every range
-check, so the worst case is a client misplacing its own touches.)
+(``x == 0.0``, ``campaign_id == ""``, ``nanos == 0``) is not on the wire, so
+its list is shorter than the event count and no longer says which value
+belongs to which event. The marker fixes that for the two fields that are
+routinely left at their default, ``campaign_id`` (most touches belong to no
+campaign) and ``timestamp.nanos`` (one whole-second timestamp in a thousand
+at millisecond resolution, i.e. 40 % of 500-event batches): before each
+event the joined bytes carry ``campaign_id: ""`` and ``timestamp {nanos:
+2**30}``, values a valid event never carries on the wire (standard
+serializers do not write an empty string; valid nanos are below 1e9). Each
+event's value, if present, then follows its marker. Exactly ``n`` markers
+and at most one value after each are checked; a request that breaks either
+(a client writing an explicit ``""``, an out-of-range nanos, a field repeated
+inside one event) gets ``None`` for that column, and ``validation`` reads it
+event by event from the ordinary decode instead.
 
-The descriptors are built at import from a ``FileDescriptorProto`` in a
-private pool: nothing is generated, nothing is registered globally.
+The other columns carry no marker (each would add bytes to parse and a pass
+to undo): a default there (``x == 0.0`` exactly, a timestamp with seconds 0)
+is rare, and ``validation`` uses such a list only when it has exactly one
+entry per event. (A hand-made encoding that repeats a field inside one event
+*and* omits it in another could keep that count right while shifting values
+between events; no protobuf serializer emits repeated singular fields, and
+the shifted values still pass every range check, so the worst case is a
+client misplacing its own touches.)
+
+Both schemas are built at import from a ``FileDescriptorProto`` in a private
+pool: nothing is generated, nothing is registered globally. The parser
+validates UTF-8 and wire types exactly as for the real schema, so any bytes
+the real schema rejects are rejected here too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 _PACKAGE = "ingest_gateway.shadow"
 _F = descriptor_pb2.FieldDescriptorProto
 
+NANOS_MARKER = 1 << 30
+# Before each event: campaign_id (field 5) "" and timestamp (field 4) {nanos (field 2): 2**30}.
+_MARKER = b"\x2a\x00" + b"\x22\x06" + b"\x10\x80\x80\x80\x80\x04"
 
-def _build() -> Any:
+
+def _build() -> tuple[Any, Any]:
     proto = descriptor_pb2.FileDescriptorProto(
         name="ingest_gateway/shadow.proto", package=_PACKAGE, syntax="proto3"
     )
+    events = proto.message_type.add(name="Events")
+    events.field.add(name="events", number=1, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    events.field.add(name="batch_id", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
     stamps = proto.message_type.add(name="Stamps")
     stamps.field.add(name="seconds", number=1, type=_F.TYPE_INT64, label=_F.LABEL_REPEATED)
     stamps.field.add(name="nanos", number=2, type=_F.TYPE_INT32, label=_F.LABEL_REPEATED)
@@ -65,28 +98,102 @@ def _build() -> Any:
         label=_F.LABEL_OPTIONAL,
         type_name=f".{_PACKAGE}.Stamps",
     )
-    request = proto.message_type.add(name="Request")
-    request.field.add(
-        name="events",
-        number=1,
-        type=_F.TYPE_MESSAGE,
-        label=_F.LABEL_OPTIONAL,
-        type_name=f".{_PACKAGE}.Columns",
-    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Request"))
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Events")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Columns")),
+    )
 
 
-_REQUEST = _build()
+_EVENTS, _COLUMNS = _build()
 
 
-def parse_columns(data: bytes) -> Any:
-    """The events of a serialized request as columns (a ``Columns`` message).
+@dataclass(frozen=True)
+class Columns:
+    """A request's events, one sequence per field, in request order.
 
-    Attributes: ``screen_name``, ``x``, ``y``, ``campaign_id``, ``event_type``,
-    ``timestamp.seconds``, ``timestamp.nanos``; each a sequence holding the
-    values present on the wire, in request order. Raises
-    ``google.protobuf.message.DecodeError`` like the ordinary decode.
+    ``screen_name``, ``x``, ``y``, ``event_type``, ``seconds``: the values on
+    the wire; one per event only if none was left at its default (check the
+    length). ``nanos``: one per event (0 where absent), or ``None`` if the
+    markers did not line up. ``campaign``: the distinct campaign ids in order
+    of first appearance and each event's index into them, or ``None``.
     """
-    return _REQUEST.FromString(data).events
+
+    screen_name: Sequence[str]
+    x: Sequence[float]
+    y: Sequence[float]
+    event_type: Sequence[int]
+    seconds: Sequence[int]
+    nanos: npt.NDArray[np.int64] | None
+    campaign: tuple[list[str], npt.NDArray[np.uint32]] | None
+
+
+def split(data: bytes) -> tuple[Sequence[bytes], str]:
+    """A serialized request's events (one serialized ``TouchEvent`` each) and its
+    ``batch_id``. Raises ``google.protobuf.message.DecodeError``."""
+    request = _EVENTS.FromString(data)
+    return request.events, request.batch_id
+
+
+def parse_columns(events: Sequence[bytes]) -> Columns:
+    """The events from ``split`` as columns. Raises ``DecodeError`` if one is malformed."""
+    n = len(events)
+    parsed = _COLUMNS.FromString(_MARKER + _MARKER.join(events))
+    stamps = parsed.timestamp
+    return Columns(
+        screen_name=parsed.screen_name,
+        x=parsed.x,
+        y=parsed.y,
+        event_type=parsed.event_type,
+        seconds=stamps.seconds,
+        nanos=_nanos(np.asarray(stamps.nanos, dtype=np.int64), n),
+        campaign=_campaign(list(parsed.campaign_id), n),
+    )
+
+
+def _after_markers(
+    values: npt.NDArray[np.int64], is_marker: npt.NDArray[np.bool_], n: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
+    """For a marked list: the element after each of the ``n`` markers and whether it
+    is a value (not the next marker); ``None`` unless there are exactly ``n``
+    markers and at most one value after each."""
+    markers = np.flatnonzero(is_marker)
+    if len(markers) != n:
+        return None
+    nxt = markers + 1
+    present = np.ones(n, dtype=np.bool_)
+    present[nxt == len(values)] = False  # the last event without a value
+    nxt[~present] = 0
+    present &= ~is_marker[nxt]
+    if int(np.count_nonzero(present)) != len(values) - n:
+        return None  # some event holds more than one value
+    return values[nxt], present
+
+
+def _nanos(values: npt.NDArray[np.int64], n: int) -> npt.NDArray[np.int64] | None:
+    after = _after_markers(values, values == NANOS_MARKER, n)
+    if after is None:
+        return None
+    value, present = after
+    return np.where(present, value, 0)
+
+
+def _campaign(tokens: list[str], n: int) -> tuple[list[str], npt.NDArray[np.uint32]] | None:
+    # The first token is a marker, so "" is code 0.
+    distinct, codes = dictionary(tokens)
+    after = _after_markers(codes.astype(np.int64), codes == 0, n)
+    if after is None:
+        return None
+    value, present = after
+    index = np.where(present, value, 0).astype(np.uint32)
+    if bool(present.all()):  # every event has a campaign: "" is not one of them
+        return distinct[1:], index - np.uint32(1)
+    return distinct, index
+
+
+def dictionary(values: Sequence[str]) -> tuple[list[str], npt.NDArray[np.uint32]]:
+    """Distinct values in order of first appearance, and each value's index into them."""
+    distinct = dict.fromkeys(values)
+    codes = dict(zip(distinct, range(len(distinct)), strict=True))
+    return list(distinct), np.fromiter(map(codes.__getitem__, values), np.uint32, len(values))

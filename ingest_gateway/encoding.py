@@ -41,16 +41,19 @@ _LIMITS = np.left_shift(np.uint64(1), _SHIFTS[1:])  # 2**7, 2**14, ... 2**63
 
 def _varints(values: npt.NDArray[np.integer]) -> bytes:
     """The packed varint encoding of a column of integers."""
-    v = values.astype(np.int64).view(np.uint64)
-    if int(v.max()) < 0x80:
+    v = np.asarray(values, dtype=np.int64).view(np.uint64)
+    high = int(v.max())
+    if high < 0x80:
         return v.astype(np.uint8).tobytes()
-    # 7-bit groups per value: 1 + how many of 2**7, 2**14, ... it reaches.
-    groups = np.searchsorted(_LIMITS, v, side="right") + 1
-    width = int(groups.max())
-    octets = (v[:, None] >> _SHIFTS[None, :width]).astype(np.uint8) & np.uint8(0x7F)
-    if int(groups.min()) == width:  # the usual case for timestamps: one width for all
+    width = (high.bit_length() + 6) // 7
+    if (int(v.min()).bit_length() + 6) // 7 == width:
+        # The usual case for timestamps: every value has the same number of 7-bit groups.
+        octets = ((v[:, None] >> _SHIFTS[None, :width]) & np.uint64(0x7F)).astype(np.uint8)
         octets[:, :-1] |= np.uint8(0x80)
         return octets.tobytes()
+    # 7-bit groups per value: 1 + how many of 2**7, 2**14, ... it reaches.
+    groups = np.searchsorted(_LIMITS, v, side="right") + 1
+    octets = (v[:, None] >> _SHIFTS[None, :width]).astype(np.uint8) & np.uint8(0x7F)
     k = np.arange(width)
     octets |= (k[None, :] + 1 < groups[:, None]).astype(np.uint8) << np.uint8(7)
     return octets[k[None, :] < groups[:, None]].tobytes()

@@ -19,14 +19,14 @@ INVALID_ARGUMENT too. "Unset" means the field is absent on the wire; an
 explicit ``Timestamp{seconds: 0, nanos: 0}`` is the epoch itself.
 
 Speed (DESIGN.md: per-event Python is the cost): the protobuf parser itself
-transposes the events into columns (``ingest_gateway.columns``: a second parse
-of the same bytes with a shadow schema, ~6x cheaper than attribute access per
-event); a column the wire leaves incomplete (default values are not encoded)
-is read event by event from the ordinary decode instead. The checks run per
-batch, on numpy arrays or on the per-batch string dictionaries (a length check
-on the distinct screen names, not on every event). Only when a check fails
-does ``_violations`` walk the events one by one, to list every offending field
-in request order.
+transposes the events into columns (``ingest_gateway.columns``: the events
+re-parsed with shadow schemas, markers keeping the often-default campaign
+and nanos columns aligned); a column the wire still leaves ambiguous is read
+event by event from the ordinary decode instead, which is otherwise only
+done for bad requests. The checks run per batch, on numpy arrays or on the
+per-batch string dictionaries (a length check on the distinct screen names,
+not on every event). Only when a check fails does ``_violations`` walk the
+events one by one, to list every offending field in request order.
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from heatmap.errors import FieldViolation, InvalidArgument
-from ingest_gateway.columns import parse_columns
+from ingest_gateway.columns import dictionary, parse_columns, split
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import EVENT_TYPES, TouchBatch
 
@@ -94,42 +93,43 @@ def parse(data: bytes) -> heatmap_pb2.IngestTouchEventsRequest:
 def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     """The serialized request's events as one columnar batch, or ``BatchRejected``
     listing every violation (``Undecodable`` if the bytes are not a request)."""
-    request = parse(data)
-    events = request.events
-    n = len(events)
-    batch_id = request.batch_id
-    if n == 0 or n > MAX_EVENTS or len(batch_id) > MAX_BATCH_ID:
-        raise BatchRejected(_violations(request, received_at_ms))
     try:
-        columns = parse_columns(data)
-    except DecodeError as e:  # pragma: no cover - the ordinary decode accepted the bytes
+        events, batch_id = split(data)
+        n = len(events)
+        if n == 0 or n > MAX_EVENTS or len(batch_id) > MAX_BATCH_ID:
+            raise BatchRejected(_violations(parse(data), received_at_ms))
+        columns = parse_columns(events)
+    except DecodeError as e:
         raise Undecodable() from e
+    # The ordinary decode: only for what the columns leave open (rare).
+    request: heatmap_pb2.IngestTouchEventsRequest | None = None
+
+    def each(name: str) -> list[Any]:
+        nonlocal request
+        if request is None:
+            request = parse(data)
+        return [getattr(e, name) for e in request.events]
 
     def column(values: Sequence[Any], name: str) -> Sequence[Any]:
         # Complete on the wire (no default values omitted): take it as parsed.
-        return values if len(values) == n else [getattr(e, name) for e in events]
+        return values if len(values) == n else each(name)
 
     x = np.array(column(columns.x, "x"), dtype=np.float32)
     y = np.array(column(columns.y, "y"), dtype=np.float32)
     event_type = np.array(column(columns.event_type, "event_type"), dtype=np.int64)
-    stamps = columns.timestamp
-    seconds, nanos = stamps.seconds, stamps.nanos
-    if len(seconds) == 0 and len(nanos) == 0:
-        # No event carries a time other than the epoch: clients that leave it
-        # to the server. Unset and explicit epoch are told apart below.
-        sec = nano = np.zeros(n, dtype=np.int64)
+    stamps = None if len(columns.seconds) == n and columns.nanos is not None else each("timestamp")
+    if stamps is None:
+        sec = np.array(columns.seconds, dtype=np.int64)
+        nano = columns.nanos
+        assert nano is not None
     else:
-        if len(seconds) != n:
-            seconds = [e.timestamp.seconds for e in events]
-        if len(nanos) != n:
-            nanos = [e.timestamp.nanos for e in events]
-        sec = np.array(seconds, dtype=np.int64)
-        nano = np.array(nanos, dtype=np.int64)
-    screen_dict, screen_index = _dictionary(column(columns.screen_name, "screen_name"))
-    if len(columns.campaign_id) == 0:  # the common case: no campaign anywhere
-        campaign_dict, campaign_index = [""], np.zeros(n, dtype=np.uint32)
+        sec = np.array([t.seconds for t in stamps], dtype=np.int64)
+        nano = np.array([t.nanos for t in stamps], dtype=np.int64)
+    screen_dict, screen_index = dictionary(list(column(columns.screen_name, "screen_name")))
+    if columns.campaign is not None:
+        campaign_dict, campaign_index = columns.campaign
     else:
-        campaign_dict, campaign_index = _dictionary(column(columns.campaign_id, "campaign_id"))
+        campaign_dict, campaign_index = dictionary(each("campaign_id"))
 
     ok = (
         # NaN fails every comparison, so these also reject NaN; inf is out of range.
@@ -141,17 +141,19 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
         and max(map(len, campaign_dict)) <= MAX_CAMPAIGN_ID
     )
     if not ok:
-        raise BatchRejected(_violations(request, received_at_ms))
+        raise BatchRejected(_violations(request or parse(data), received_at_ms))
     timestamp_ms = sec * 1000 + nano // 1_000_000
     unset = (sec == 0) & (nano == 0)
     if unset.any():
         # Absent on the wire and explicitly the epoch both read as (0, 0):
         # only those events pay for the presence check.
-        has = events.__getitem__
+        if request is None:
+            request = parse(data)
+        has = request.events.__getitem__
         absent = [i for i in np.flatnonzero(unset).tolist() if not has(i).HasField("timestamp")]
         timestamp_ms[absent] = received_at_ms
     if int(timestamp_ms.max()) > received_at_ms + MAX_FUTURE_MS:
-        raise BatchRejected(_violations(request, received_at_ms))
+        raise BatchRejected(_violations(request or parse(data), received_at_ms))
 
     client_batch_id = bool(batch_id)
     return TouchBatch(
@@ -168,13 +170,6 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
         timestamp_ms=timestamp_ms,
         event_type=event_type.astype(np.uint8),
     )
-
-
-def _dictionary(values: Sequence[str]) -> tuple[list[str], npt.NDArray[np.uint32]]:
-    """Distinct values in first-seen order, and each value's index into them."""
-    codes: dict[str, int] = {}
-    index = [codes.setdefault(v, len(codes)) for v in values]
-    return list(codes), np.array(index, dtype=np.uint32)
 
 
 def _violations(

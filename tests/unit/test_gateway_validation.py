@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from heatmap.errors import InvalidArgument
+from ingest_gateway.columns import parse_columns, split
 from ingest_gateway.validation import BatchRejected, Undecodable, to_batch
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import TouchBatch, decode_batch, encode_batch
@@ -85,7 +86,7 @@ def test_lengths_count_characters_not_bytes() -> None:
 
 def test_campaign_id_boundaries() -> None:
     batch = build(request(event(campaign_id="c" * 200), event()))
-    assert batch.campaign_dict == ["c" * 200, ""]
+    assert [batch.campaign_dict[i] for i in batch.campaign_index] == ["c" * 200, ""]
     assert fields_of(request(event(campaign_id="c" * 201))) == ["events[0].campaign_id"]
 
 
@@ -317,3 +318,37 @@ def test_batches_without_any_event_time_get_the_receive_time() -> None:
     epoch.timestamp.SetInParent()
     batch = build(request(event(), epoch, event()))
     assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS]
+
+
+def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
+    # What no standard serializer writes but the wire format allows: an explicit
+    # empty campaign, a field repeated inside one event (the last one wins), a
+    # timestamp split over two occurrences. The columns' markers no longer line
+    # up for those, and the event-by-event reading must give the protobuf answer.
+    plain = event(campaign_id="a", ts_ms=5_000).SerializeToString()
+    explicit_empty = event(ts_ms=6_000).SerializeToString() + b"\x2a\x00"
+    repeated = event(campaign_id="first", ts_ms=7_000).SerializeToString() + b"\x2a\x04last"
+    split_stamp = event().SerializeToString() + b"\x22\x02\x08\x08" + b"\x22\x04\x10\xc0\x84\x3d"
+    req_bytes = b"".join(
+        b"\x0a" + bytes([len(ev)]) + ev for ev in (plain, explicit_empty, repeated, split_stamp)
+    )
+    ordinary = heatmap_pb2.IngestTouchEventsRequest.FromString(req_bytes)
+    assert [e.campaign_id for e in ordinary.events] == ["a", "", "last", ""]
+    assert parse_columns(split(req_bytes)[0]).campaign is None  # the fallback is what runs
+    batch = to_batch(req_bytes, "u", NOW_MS)
+    want = reference(ordinary)
+    assert [batch.campaign_dict[i] for i in batch.campaign_index] == want["campaign"]
+    assert batch.timestamp_ms.tolist() == want["ts"] == [5_000, 6_000, 7_000, 8_001]
+
+
+def test_a_nanos_equal_to_the_column_marker_is_rejected_like_any_bad_nanos() -> None:
+    ev = event()
+    ev.timestamp.seconds = 1_700_000_000
+    ev.timestamp.nanos = 1 << 30
+    assert fields_of(request(event(ts_ms=1_000), ev)) == ["events[1].timestamp"]
+
+
+def test_every_event_in_a_campaign_leaves_no_empty_campaign_in_the_dictionary() -> None:
+    batch = build(request(event(campaign_id="a"), event(campaign_id="b"), event(campaign_id="a")))
+    assert batch.campaign_dict == ["a", "b"]
+    assert batch.campaign_index.tolist() == [0, 1, 0]
