@@ -131,11 +131,19 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     else:
         campaign_dict, campaign_index = dictionary(each("campaign_id"))
 
+    # Reductions, not element-wise masks: two per column. NaN propagates through
+    # min/max and fails every comparison; inf is out of range.
+    first_second = int(sec.min())
     ok = (
-        # NaN fails every comparison, so these also reject NaN; inf is out of range.
-        bool(np.all((x >= 0.0) & (x <= 1.0) & (y >= 0.0) & (y <= 1.0)))
-        and bool(np.all((event_type >= 1) & (event_type <= 3)))
-        and bool(np.all((sec >= 0) & (nano >= 0) & (nano < NANOS_PER_SECOND)))
+        x.min() >= 0.0
+        and x.max() <= 1.0
+        and y.min() >= 0.0
+        and y.max() <= 1.0
+        and event_type.min() >= 1
+        and event_type.max() <= 3
+        and first_second >= 0
+        and nano.min() >= 0
+        and nano.max() < NANOS_PER_SECOND
         and min(map(len, screen_dict)) > 0
         and max(map(len, screen_dict)) <= MAX_SCREEN_NAME
         and max(map(len, campaign_dict)) <= MAX_CAMPAIGN_ID
@@ -143,8 +151,7 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     if not ok:
         raise BatchRejected(_violations(request or parse(data), received_at_ms))
     timestamp_ms = sec * 1000 + nano // 1_000_000
-    unset = (sec == 0) & (nano == 0)
-    if unset.any():
+    if first_second == 0 and (unset := (sec == 0) & (nano == 0)).any():
         # Absent on the wire and explicitly the epoch both read as (0, 0):
         # only those events pay for the presence check.
         if request is None:
