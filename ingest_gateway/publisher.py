@@ -196,7 +196,7 @@ class KafkaPublisher:
         except KafkaException as e:
             raise Unavailable(f"Kafka produce failed: {e}") from e
         if self._pump is None:
-            self._pump = asyncio.create_task(self._pump_reports(producer))
+            self._pump = asyncio.create_task(self._pump_reports())
         try:
             # On timeout the future is cancelled; a late report then finds it done.
             async with asyncio.timeout(timeout_s):
@@ -216,11 +216,12 @@ class KafkaPublisher:
             self._healthy = False
         _resolve(future, error)
 
-    async def _pump_reports(self, producer: Producer) -> None:
+    async def _pump_reports(self) -> None:
         """Serve delivery reports while any are outstanding (``len``: messages queued,
-        in flight, or with a report not served yet)."""
+        in flight, or with a report not served yet). Follows ``self._producer``, so
+        a producer replaced after a fatal error keeps being served."""
         try:
-            while len(producer) > 0 and producer is self._producer:
+            while (producer := self._producer) is not None and len(producer) > 0:
                 producer.poll(0)
                 await asyncio.sleep(self._poll_interval_s)
         finally:
