@@ -39,6 +39,12 @@ and at most one value after each are checked; a request that breaks either
 inside one event) gets ``None`` for that column, and ``validation`` reads it
 event by event from the ordinary decode instead.
 
+An event whose time reads (0, 0) either has no timestamp (it gets the
+receive time) or an explicit epoch; ``Columns.any_timestamp_field`` tells
+the usual case, a batch where no event has the field, with one more parse
+of the marked bytes that counts the field's occurrences (``repeated
+bytes``) beyond the markers' own.
+
 The other columns carry no marker (each would add bytes to parse and a pass
 to undo): a default there (``x == 0.0`` exactly, a timestamp with seconds 0)
 is rare, and ``validation`` uses such a list only when it has exactly one
@@ -48,7 +54,7 @@ between events; no protobuf serializer emits repeated singular fields, and
 the shifted values still pass every range check, so the worst case is a
 client misplacing its own touches.)
 
-Both schemas are built at import from a ``FileDescriptorProto`` in a private
+The shadow schemas are built at import from a ``FileDescriptorProto`` in a private
 pool: nothing is generated, nothing is registered globally. The parser
 validates UTF-8 and wire types exactly as for the real schema, so any bytes
 the real schema rejects are rejected here too.
@@ -74,7 +80,7 @@ NANOS_MARKER = 1 << 30
 _MARKER = b"\x2a\x00" + b"\x22\x06" + b"\x10\x80\x80\x80\x80\x04"
 
 
-def _build() -> tuple[Any, Any]:
+def _build() -> tuple[Any, ...]:
     proto = descriptor_pb2.FileDescriptorProto(
         name="ingest_gateway/shadow.proto", package=_PACKAGE, syntax="proto3"
     )
@@ -100,15 +106,18 @@ def _build() -> tuple[Any, Any]:
         label=_F.LABEL_OPTIONAL,
         type_name=f".{_PACKAGE}.Stamps",
     )
+    # Each occurrence of the timestamp field as one element, empty ones included.
+    stamped = proto.message_type.add(name="Stamped")
+    stamped.field.add(name="timestamp", number=4, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Events")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.Columns")),
+    return tuple(
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
+        for name in ("Events", "Columns", "Stamped")
     )
 
 
-_EVENTS, _COLUMNS = _build()
+_EVENTS, _COLUMNS, _STAMPED = _build()
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,13 @@ class Columns:
     seconds: Sequence[int]
     nanos: npt.NDArray[np.int64] | None
     campaign: tuple[list[str], npt.NDArray[np.uint32]] | None
+    count: int  # events
+    marked: bytes  # the events joined with their markers
+
+    def any_timestamp_field(self) -> bool:
+        """Whether some event carries a ``timestamp`` field, even an empty one (the
+        explicit epoch): one parse that only counts occurrences beyond the markers."""
+        return len(_STAMPED.FromString(self.marked).timestamp) > self.count
 
 
 def split(data: bytes) -> tuple[Sequence[bytes], str]:
@@ -141,7 +157,8 @@ def split(data: bytes) -> tuple[Sequence[bytes], str]:
 def parse_columns(events: Sequence[bytes]) -> Columns:
     """The events from ``split`` as columns. Raises ``DecodeError`` if one is malformed."""
     n = len(events)
-    parsed = _COLUMNS.FromString(_MARKER + _MARKER.join(events))
+    marked = _MARKER + _MARKER.join(events)
+    parsed = _COLUMNS.FromString(marked)
     stamps = parsed.timestamp
     return Columns(
         screen_name=parsed.screen_name,
@@ -151,6 +168,8 @@ def parse_columns(events: Sequence[bytes]) -> Columns:
         seconds=stamps.seconds,
         nanos=_nanos(np.asarray(stamps.nanos, dtype=np.int64), n),
         campaign=_campaign(list(parsed.campaign_id), n),
+        count=n,
+        marked=marked,
     )
 
 

@@ -117,12 +117,14 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     x = np.array(column(columns.x, "x"), dtype=np.float32)
     y = np.array(column(columns.y, "y"), dtype=np.float32)
     event_type = np.array(column(columns.event_type, "event_type"), dtype=np.int64)
-    stamps = None if len(columns.seconds) == n and columns.nanos is not None else each("timestamp")
-    if stamps is None:
-        sec = np.array(columns.seconds, dtype=np.int64)
-        nano = columns.nanos
-        assert nano is not None
+    nanos = columns.nanos
+    if nanos is not None and len(columns.seconds) in (0, n):
+        nano = nanos
+        # No seconds anywhere: clients that leave the time to the server (unset
+        # and explicit epoch are told apart below).
+        sec = np.array(columns.seconds, dtype=np.int64) if columns.seconds else np.zeros_like(nano)
     else:
+        stamps = each("timestamp")
         sec = np.array([t.seconds for t in stamps], dtype=np.int64)
         nano = np.array([t.nanos for t in stamps], dtype=np.int64)
     screen_dict, screen_index = dictionary(list(column(columns.screen_name, "screen_name")))
@@ -154,11 +156,14 @@ def to_batch(data: bytes, user_id: str, received_at_ms: int) -> TouchBatch:
     if first_second == 0 and (unset := (sec == 0) & (nano == 0)).any():
         # Absent on the wire and explicitly the epoch both read as (0, 0):
         # only those events pay for the presence check.
-        if request is None:
-            request = parse(data)
-        has = request.events.__getitem__
-        absent = [i for i in np.flatnonzero(unset).tolist() if not has(i).HasField("timestamp")]
-        timestamp_ms[absent] = received_at_ms
+        if not columns.any_timestamp_field():  # a fleet leaving the time to the server
+            timestamp_ms[unset] = received_at_ms
+        else:
+            if request is None:
+                request = parse(data)
+            has = request.events.__getitem__
+            absent = [i for i in np.flatnonzero(unset).tolist() if not has(i).HasField("timestamp")]
+            timestamp_ms[absent] = received_at_ms
     if int(timestamp_ms.max()) > received_at_ms + MAX_FUTURE_MS:
         raise BatchRejected(_violations(request or parse(data), received_at_ms))
 

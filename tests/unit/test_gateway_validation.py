@@ -318,6 +318,9 @@ def test_batches_without_any_event_time_get_the_receive_time() -> None:
     epoch.timestamp.SetInParent()
     batch = build(request(event(), epoch, event()))
     assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS]
+    # Only explicit epochs: nothing on the wire but the (empty) timestamp fields.
+    batch = build(request(epoch, epoch))
+    assert batch.timestamp_ms.tolist() == [0, 0]
 
 
 def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
