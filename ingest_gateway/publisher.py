@@ -54,7 +54,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -152,12 +151,13 @@ class KafkaPublisher:
         producer = self._producer
         self._healthy = False
         if producer is not None:
-            # Serve the remaining reports here, on the loop that owns their
-            # futures, bounded by the flush timeout.
-            deadline = time.monotonic() + self._flush_timeout_s
-            while len(producer) > 0 and time.monotonic() < deadline:
-                producer.poll(0)
-                await asyncio.sleep(self._poll_interval_s)
+            # The pump serves the remaining reports (on the loop that owns
+            # their futures); it gets the flush timeout to finish.
+            if self._pump is None and len(producer) > 0:
+                self._pump = asyncio.create_task(self._pump_reports())
+            if self._pump is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._pump), self._flush_timeout_s)
             producer.poll(0)
             left = len(producer)
             if left:
