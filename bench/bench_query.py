@@ -209,7 +209,7 @@ def shapes(client: Client, spec: FleetSpec) -> list[Shape]:
         "GROUP BY user_id ORDER BY sum(events) DESC LIMIT 1",
         parameters={"s": top[0]},
     ).result_rows[0][0]
-    start = spec.start + dt.timedelta(hours=17)
+    start = spec.first_hour + dt.timedelta(hours=17)
     end = start + dt.timedelta(hours=3)
     window = pb.QueryHeatmapDataRequest()
     window.start_time.FromDatetime(start)

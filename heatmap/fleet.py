@@ -47,9 +47,21 @@ class FleetSpec:
     buttons_per_screen: int = 8
     spread: float = 0.02
     background: float = 0.1
-    start: dt.datetime = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    # None: the span ends one day before now (whole UTC hours), so the gateway's
+    # time window (at most 30 days old by default) accepts the events on any day.
+    start: dt.datetime | None = None
     hours: int = 24
     seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+            object.__setattr__(self, "start", now - dt.timedelta(hours=self.hours + 24))
+
+    @property
+    def first_hour(self) -> dt.datetime:
+        assert self.start is not None  # set by __post_init__
+        return self.start
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,7 @@ class Fleet:
         # Day/night cycle: peak in the evening, trough at night (UTC here).
         weight = 1.2 + np.sin((hours % 24 - 9) / 24 * 2 * np.pi)
         hour = rng.choice(spec.hours, size=n, p=weight / weight.sum())
-        start_ms = int(spec.start.timestamp() * 1000)
+        start_ms = int(spec.first_hour.timestamp() * 1000)
         offset = hour.astype(np.int64) * 3_600_000 + rng.integers(0, 3_600_000, size=n)
         return (start_ms + offset).astype(np.int64)
 

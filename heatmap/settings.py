@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from schemas.event_rules import DEFAULT_MAX_EVENT_AGE_S, MAX_EVENT_AGE_LIMIT_S
+
 T = TypeVar("T")
 
 PREFIX = "HEATMAP_"
@@ -38,6 +40,10 @@ class AuthSettings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_s: float = 30.0
+    # RS256/ES256 keys by the token's kid from the identity provider (heatmap/jwks.py).
+    jwt_jwks_url: str | None = None
+    jwt_jwks_lifespan_s: float = 300.0
+    jwt_jwks_cooldown_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,15 @@ class KafkaSettings:
     publish_timeout_s: float = 5.0
     producer_queue_max_messages: int = 20_000
     producer_queue_max_kbytes: int = 262_144
+    # Client security, applied to every Kafka client alike (heatmap/kafka_security.py).
+    security_protocol: str = "plaintext"
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,9 @@ class ClickHouseSettings:
     url: str | None = field(default=None, repr=False)
     database: str = "heatmap"
     max_execution_time_s: float = 10.0
+    # The query service's read-only user (name and password taken from this
+    # URL); ``heatmap migrate --create-readonly-user`` creates it.
+    readonly_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,8 +94,15 @@ class ServerSettings:
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 50051
     metrics_port: int = 9464
+    # Whether HEATMAP_METRICS_PORT was set: `heatmap dev` picks a free port otherwise.
+    metrics_port_set: bool = False
     max_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Calls in progress per server; more get RESOURCE_EXHAUSTED at once.
+    # 256 is ~25x the measured steady state (~1,050 RPC/s x ~9 ms per gateway
+    # process) and bounds what a burst can hold in memory and in the queue
+    # for worker threads.
+    max_concurrent_rpcs: int = 256
 
 
 @dataclass(frozen=True)
@@ -91,11 +116,26 @@ class WorkerSettings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 30.0
     commit_interval_s: float = 0.5
+    # Client batch-id ledger in worker memory, whatever the batch rate: the
+    # most recent ids exactly, older ones as a Bloom filter (a hit is checked
+    # in ClickHouse).
+    ledger_memory_entries: int = 200_000
+    ledger_filter_mb: int = 32
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    # Event times older than this before the receive time are INVALID_ARGUMENT
+    # (schemas.event_rules explains the default and the upper limit).
+    max_event_age_s: int = DEFAULT_MAX_EVENT_AGE_S
 
 
 @dataclass(frozen=True)
 class QuerySettings:
     max_per_user_points: int = 200_000
+    # Image decodes and renders at once per query process (uploads included):
+    # memory is this times the largest one (README, "Known limits").
+    render_max_concurrent: int = 2
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,7 @@ class Settings:
     server: ServerSettings = ServerSettings()
     worker: WorkerSettings = WorkerSettings()
     query: QuerySettings = QuerySettings()
+    ingest: IngestSettings = IngestSettings()
     screenshot_dir: Path | None = None
     data_dir: Path | None = None
     log_level: str = "INFO"
@@ -130,9 +171,10 @@ class Settings:
         return self.clickhouse.url
 
     def require_auth(self) -> None:
-        if not self.auth.jwt_secret and not self.auth.jwt_public_key:
+        if not (self.auth.jwt_secret or self.auth.jwt_public_key or self.auth.jwt_jwks_url):
             raise SettingsError(
-                f"{PREFIX}JWT_SECRET or {PREFIX}JWT_PUBLIC_KEY(_FILE): one is required"
+                f"{PREFIX}JWT_SECRET, {PREFIX}JWT_PUBLIC_KEY(_FILE) or {PREFIX}JWT_JWKS_URL: "
+                "one is required"
             )
 
     def require_screenshot_store(self) -> None:
@@ -186,6 +228,30 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
+def _at_most(limit: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        parsed = int(value)
+        if not 0 < parsed <= limit:
+            raise ValueError("out of range")
+        return parsed
+
+    return parse
+
+
+def _non_negative_float(value: str) -> float:
+    parsed = float(value)
+    if not (math.isfinite(parsed) and parsed >= 0):
+        raise ValueError("not >= 0")
+    return parsed
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://host/path")
+    return value
+
+
 def _port(value: str) -> int:
     port = int(value)
     if not 0 <= port <= 65535:
@@ -229,6 +295,64 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _upper_choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.upper() not in allowed:
+            raise ValueError(f"one of {', '.join(allowed)}")
+        return value.upper()
+
+    return parse
+
+
+def _readable_file(value: str) -> Path:
+    path = Path(value)
+    try:
+        with path.open("rb"):  # fail at start-up, not at the first connection
+            pass
+    except OSError as e:
+        raise ValueError(e.strerror or str(e)) from e
+    return path
+
+
+def _clickhouse_user_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected http(s)://user:password@host:8123/db (a server, not chdb)")
+    if not parts.username or not parts.password:
+        raise ValueError("the URL must carry the user name and password")
+    return value
+
+
+KAFKA_SECURITY_PROTOCOLS = ("plaintext", "ssl", "sasl_plaintext", "sasl_ssl")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _check_kafka_security(kafka: KafkaSettings, r: _Reader) -> None:
+    """Reject TLS or SASL options the chosen protocol would silently ignore."""
+    protocol_var = f"{PREFIX}KAFKA_SECURITY_PROTOCOL"
+    tls = kafka.security_protocol in ("ssl", "sasl_ssl")
+    sasl = kafka.security_protocol.startswith("sasl_")
+    for name in ("SSL_CA_FILE", "SSL_CERT_FILE", "SSL_KEY_FILE", "SSL_KEY_PASSWORD"):
+        if r.raw("KAFKA_" + name) is not None and not tls:
+            raise SettingsError(f"{PREFIX}KAFKA_{name}: needs {protocol_var}=ssl or sasl_ssl")
+    if (kafka.ssl_cert_file is None) != (kafka.ssl_key_file is None):
+        raise SettingsError(
+            f"{PREFIX}KAFKA_SSL_CERT_FILE and {PREFIX}KAFKA_SSL_KEY_FILE: set both or neither"
+        )
+    if kafka.ssl_key_password is not None and kafka.ssl_key_file is None:
+        raise SettingsError(f"{PREFIX}KAFKA_SSL_KEY_PASSWORD: needs {PREFIX}KAFKA_SSL_KEY_FILE")
+    for name in ("SASL_MECHANISM", "SASL_USERNAME", "SASL_PASSWORD"):
+        if r.raw("KAFKA_" + name) is not None and not sasl:
+            raise SettingsError(
+                f"{PREFIX}KAFKA_{name}: needs {protocol_var}=sasl_plaintext or sasl_ssl"
+            )
+    if sasl and not (kafka.sasl_username and kafka.sasl_password):
+        raise SettingsError(
+            f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD: "
+            f"required with {protocol_var}={kafka.security_protocol}"
+        )
+
+
 def _parse(env: Mapping[str, str]) -> Settings:
     r = _Reader(env)
 
@@ -242,8 +366,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
                 f"{PREFIX}JWT_PUBLIC_KEY_FILE={key_file!r}: unreadable ({e})"
             ) from e
     secret = r.raw("JWT_SECRET")
+    jwks_url = r.get("JWT_JWKS_URL", _http_url, None, "bad JWKS URL")
     default_algs: tuple[str, ...] = ("HS256",) if secret else ("RS256", "ES256")
-    if secret and public_key:
+    if secret and (public_key or jwks_url):
         default_algs = ("HS256", "RS256", "ES256")
     auth = AuthSettings(
         jwt_secret=secret,
@@ -252,13 +377,24 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_audience=r.raw("JWT_AUDIENCE"),
         jwt_issuer=r.raw("JWT_ISSUER"),
         jwt_leeway_s=r.get("JWT_LEEWAY_S", float, 30.0, "must be a number of seconds"),
+        jwt_jwks_url=jwks_url,
+        jwt_jwks_lifespan_s=r.positive_float("JWT_JWKS_LIFESPAN_S", AuthSettings.jwt_jwks_lifespan_s),
+        jwt_jwks_cooldown_s=r.get(
+            "JWT_JWKS_COOLDOWN_S",
+            _non_negative_float,
+            AuthSettings.jwt_jwks_cooldown_s,
+            "must be a number of seconds >= 0",
+        ),
     )
     if r.raw("JWT_ALGORITHMS") is not None:
         if any(a.startswith("HS") for a in auth.jwt_algorithms) and not secret:
             raise SettingsError(f"{PREFIX}JWT_ALGORITHMS: HS* algorithms need {PREFIX}JWT_SECRET")
-        if any(not a.startswith("HS") for a in auth.jwt_algorithms) and not public_key:
+        if any(not a.startswith("HS") for a in auth.jwt_algorithms) and not (
+            public_key or jwks_url
+        ):
             raise SettingsError(
-                f"{PREFIX}JWT_ALGORITHMS: RS*/ES* algorithms need {PREFIX}JWT_PUBLIC_KEY(_FILE)"
+                f"{PREFIX}JWT_ALGORITHMS: RS*/ES* algorithms need {PREFIX}JWT_PUBLIC_KEY(_FILE) "
+                f"or {PREFIX}JWT_JWKS_URL"
             )
 
     kafka = KafkaSettings(
@@ -281,12 +417,34 @@ def _parse(env: Mapping[str, str]) -> Settings:
         producer_queue_max_kbytes=r.positive_int(
             "PRODUCER_QUEUE_MAX_KBYTES", KafkaSettings.producer_queue_max_kbytes
         ),
+        security_protocol=r.get(
+            "KAFKA_SECURITY_PROTOCOL",
+            _choice(*KAFKA_SECURITY_PROTOCOLS),
+            KafkaSettings.security_protocol,
+            "bad protocol",
+        ),
+        ssl_ca_file=r.get("KAFKA_SSL_CA_FILE", _readable_file, None, "unreadable"),
+        ssl_cert_file=r.get("KAFKA_SSL_CERT_FILE", _readable_file, None, "unreadable"),
+        ssl_key_file=r.get("KAFKA_SSL_KEY_FILE", _readable_file, None, "unreadable"),
+        ssl_key_password=r.raw("KAFKA_SSL_KEY_PASSWORD"),
+        sasl_mechanism=r.get(
+            "KAFKA_SASL_MECHANISM",
+            _upper_choice(*KAFKA_SASL_MECHANISMS),
+            KafkaSettings.sasl_mechanism,
+            "bad mechanism",
+        ),
+        sasl_username=r.raw("KAFKA_SASL_USERNAME"),
+        sasl_password=r.raw("KAFKA_SASL_PASSWORD"),
     )
+    _check_kafka_security(kafka, r)
     clickhouse = ClickHouseSettings(
         url=r.get("CLICKHOUSE_URL", _clickhouse_url, None, "bad ClickHouse URL"),
         database=r.get("CLICKHOUSE_DATABASE", _identifier, ClickHouseSettings.database, "bad name"),
         max_execution_time_s=r.positive_float(
             "CLICKHOUSE_MAX_EXECUTION_TIME_S", ClickHouseSettings.max_execution_time_s
+        ),
+        readonly_url=r.get(
+            "CLICKHOUSE_READONLY_URL", _clickhouse_user_url, None, "bad read-only user URL"
         ),
     )
     s3 = S3Settings(
@@ -305,10 +463,14 @@ def _parse(env: Mapping[str, str]) -> Settings:
         grpc_host=r.text("GRPC_HOST", ServerSettings.grpc_host),
         grpc_port=r.port("GRPC_PORT", ServerSettings.grpc_port),
         metrics_port=r.port("METRICS_PORT", ServerSettings.metrics_port),
+        metrics_port_set=r.raw("METRICS_PORT") is not None,
         max_message_bytes=r.positive_int(
             "GRPC_MAX_MESSAGE_BYTES", ServerSettings.max_message_bytes
         ),
         shutdown_grace_s=r.positive_float("SHUTDOWN_GRACE_S", ServerSettings.shutdown_grace_s),
+        max_concurrent_rpcs=r.positive_int(
+            "GRPC_MAX_CONCURRENT_RPCS", ServerSettings.max_concurrent_rpcs
+        ),
     )
     worker = WorkerSettings(
         flush_interval_s=r.positive_float("FLUSH_INTERVAL_S", WorkerSettings.flush_interval_s),
@@ -325,7 +487,15 @@ def _parse(env: Mapping[str, str]) -> Settings:
         commit_interval_s=r.positive_float(
             "KAFKA_COMMIT_INTERVAL_S", WorkerSettings.commit_interval_s
         ),
+        ledger_memory_entries=r.positive_int(
+            "LEDGER_MEMORY_ENTRIES", WorkerSettings.ledger_memory_entries
+        ),
+        ledger_filter_mb=r.positive_int("LEDGER_FILTER_MB", WorkerSettings.ledger_filter_mb),
     )
+    if worker.ledger_memory_entries < 1_000:
+        raise SettingsError(f"{PREFIX}LEDGER_MEMORY_ENTRIES: at least 1000")
+    if worker.ledger_filter_mb > 4096:
+        raise SettingsError(f"{PREFIX}LEDGER_FILTER_MB: at most 4096")
     if worker.session_timeout_s < 3.0:
         raise SettingsError(f"{PREFIX}KAFKA_SESSION_TIMEOUT_S: at least 3 s (heartbeats every 1 s)")
     if worker.flush_interval_s * 2 >= worker.rebalance_timeout_s:
@@ -333,8 +503,21 @@ def _parse(env: Mapping[str, str]) -> Settings:
             f"{PREFIX}KAFKA_REBALANCE_TIMEOUT_S: must exceed twice {PREFIX}FLUSH_INTERVAL_S "
             "(a rebalance waits for the in-flight flush)"
         )
+    ingest = IngestSettings(
+        max_event_age_s=r.get(
+            "MAX_EVENT_AGE_S",
+            _at_most(MAX_EVENT_AGE_LIMIT_S),
+            IngestSettings.max_event_age_s,
+            f"must be a whole number of seconds from 1 to {MAX_EVENT_AGE_LIMIT_S} (400 days)",
+        )
+    )
     query = QuerySettings(
-        max_per_user_points=r.positive_int("MAX_PER_USER_POINTS", QuerySettings.max_per_user_points)
+        max_per_user_points=r.positive_int(
+            "MAX_PER_USER_POINTS", QuerySettings.max_per_user_points
+        ),
+        render_max_concurrent=r.positive_int(
+            "RENDER_MAX_CONCURRENT", QuerySettings.render_max_concurrent
+        ),
     )
     screenshot_dir = r.raw("SCREENSHOT_DIR")
     data_dir = r.raw("DATA_DIR")
@@ -346,6 +529,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         server=server,
         worker=worker,
         query=query,
+        ingest=ingest,
         screenshot_dir=Path(screenshot_dir) if screenshot_dir else None,
         data_dir=Path(data_dir) if data_dir else None,
         log_level=r.get(

@@ -64,6 +64,7 @@ class Gateway:
         self._accepted = metrics.requests.labels("accepted")
         self._max_request_bytes = min(MAX_REQUEST_BYTES, settings.server.max_message_bytes)
         self._publish_timeout_s = settings.kafka.publish_timeout_s
+        self._max_event_age_s = settings.ingest.max_event_age_s
 
     # ------------------------------------------------------------ Component
 
@@ -133,7 +134,7 @@ class Gateway:
             )
         user_id = current_principal().user_id
         try:
-            batch = to_batch(data, user_id, time.time_ns() // 1_000_000)
+            batch = to_batch(data, user_id, time.time_ns() // 1_000_000, self._max_event_age_s)
         except BatchRejected as e:
             metrics.requests.labels("rejected").inc()
             for reason in e.reasons:

@@ -48,11 +48,19 @@ bytes``) beyond the markers' own.
 The other columns carry no marker (each would add bytes to parse and a pass
 to undo): a default there (``x == 0.0`` exactly, a timestamp with seconds 0)
 is rare, and ``validation`` uses such a list only when it has exactly one
-entry per event. (A hand-made encoding that repeats a field inside one event
-*and* omits it in another could keep that count right while shifting values
-between events; no protobuf serializer emits repeated singular fields, and
-the shifted values still pass every range check, so the worst case is a
-client misplacing its own touches.)
+entry per event.
+
+All of this holds for the canonical wire form, the one protobuf serializers
+write: each field at most once per event, scalars unpacked, no unknown
+fields. A hand-made request can break it (a field repeated inside one event
+and omitted in another keeps the count right while shifting values between
+events; a packed ``x`` is an unknown field to the real schema but a value to
+the shadow one), so ``canonical`` proves the form per request before the
+columns are used: re-serializing protobuf's own parse must give back the
+request's bytes (a repeated, merged, non-minimal or explicitly default field
+changes them), and a third shadow schema, whose numeric fields are ``bytes``,
+must find no length-delimited (packed) occurrence of them, the one kind of
+unknown field the serializer would write back unchanged at an event's end.
 
 The shadow schemas are built at import from a ``FileDescriptorProto`` in a private
 pool: nothing is generated, nothing is registered globally. The parser
@@ -71,6 +79,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 
 _PACKAGE = "ingest_gateway.shadow"
 _F = descriptor_pb2.FieldDescriptorProto
@@ -109,15 +118,32 @@ def _build() -> tuple[Any, ...]:
     # Each occurrence of the timestamp field as one element, empty ones included.
     stamped = proto.message_type.add(name="Stamped")
     stamped.field.add(name="timestamp", number=4, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    # The numeric fields as bytes: only packed (length-delimited) occurrences are
+    # read; ordinary ones have another wire type and are skipped as unknown.
+    packed_stamp = proto.message_type.add(name="PackedStamp")
+    packed = proto.message_type.add(name="Packed")
+    for message, fields in (
+        (packed_stamp, (("seconds", 1), ("nanos", 2))),
+        (packed, (("x", 2), ("y", 3), ("event_type", 6))),
+    ):
+        for name, number in fields:
+            message.field.add(name=name, number=number, type=_F.TYPE_BYTES, label=_F.LABEL_REPEATED)
+    packed.field.add(
+        name="timestamp",
+        number=4,
+        type=_F.TYPE_MESSAGE,
+        label=_F.LABEL_OPTIONAL,
+        type_name=f".{_PACKAGE}.PackedStamp",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return tuple(
         message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in ("Events", "Columns", "Stamped")
+        for name in ("Events", "Columns", "Stamped", "Packed")
     )
 
 
-_EVENTS, _COLUMNS, _STAMPED = _build()
+_EVENTS, _COLUMNS, _STAMPED, _PACKED = _build()
 
 
 @dataclass(frozen=True)
@@ -145,6 +171,16 @@ class Columns:
         """Whether some event carries a ``timestamp`` field, even an empty one (the
         explicit epoch): one parse that only counts occurrences beyond the markers."""
         return len(_STAMPED.FromString(self.marked).timestamp) > self.count
+
+
+def canonical(data: bytes, request: Message, columns: Columns) -> bool:
+    """Whether ``data``, parsed by protobuf as ``request``, is in the canonical wire
+    form, so that the ``columns`` parsed from it agree with ``request`` event by event."""
+    if request.SerializeToString() != data:
+        return False
+    found = _PACKED.FromString(columns.marked)
+    stamp = found.timestamp
+    return not (found.x or found.y or found.event_type or stamp.seconds or stamp.nanos)
 
 
 def split(data: bytes) -> tuple[Sequence[bytes], str]:

@@ -38,12 +38,13 @@ import numpy.typing as npt
 from google.protobuf import timestamp_pb2
 
 from heatmap.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from schemas.event_rules import EVENT_TYPE_NAMES, EVENT_TYPES, MAX_CAMPAIGN_ID, MAX_USER_ID
+from schemas.event_rules import MAX_SCREEN_NAME as MAX_SCREEN_NAME
 from schemas.heatmap.v1 import heatmap_pb2
 
 GRID_SIZES = (8, 16, 32, 64, 128, 256, 512)
 DEFAULT_GRID = 64
-MAX_SCREEN_NAME = 200
-VALID_EVENT_TYPES = frozenset({heatmap_pb2.TAP, heatmap_pb2.SCROLL, heatmap_pb2.ACTION_CLICK})
+VALID_EVENT_TYPES = frozenset(EVENT_TYPES)
 _DATETIME_MAX = 2**32 - 1  # ClickHouse DateTime upper bound (2106-02-07)
 
 
@@ -89,6 +90,12 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         violations.append(
             FieldViolation(prefix + "screen_name", f"longer than {MAX_SCREEN_NAME} characters")
         )
+    # Longer values cannot match a stored row: the ingest rules bound them.
+    for text_field, limit in (("campaign_id", MAX_CAMPAIGN_ID), ("user_id", MAX_USER_ID)):
+        if len(getattr(request, text_field)) > limit:
+            violations.append(
+                FieldViolation(prefix + text_field, f"longer than {limit} characters")
+            )
     grid = request.grid_size or DEFAULT_GRID
     if grid not in GRID_SIZES:
         violations.append(
@@ -108,7 +115,7 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
             violations.append(
                 FieldViolation(
                     f"{prefix}event_types[{i}]",
-                    f"is {event_type}; must be TAP, SCROLL or ACTION_CLICK",
+                    f"is {event_type}; must be one of {EVENT_TYPE_NAMES}",
                 )
             )
     for name in ("start_time", "end_time"):

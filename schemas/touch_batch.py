@@ -3,8 +3,11 @@
 The gateway encodes one ``TouchBatch`` per accepted request; workers decode
 it straight into numpy columns (``np.array`` over a packed repeated field is a
 memory copy, not a Python loop). ``decode_batch`` re-checks every invariant
-the gateway promises, because bytes on a topic can come from anywhere: a
-violation raises ``BatchFormatError`` and the worker dead-letters the message.
+the gateway promises, with the limits of ``schemas.event_rules`` (the same
+module the gateway validates with), because bytes on a topic can come from
+anywhere: a violation raises ``BatchFormatError`` and the worker dead-letters
+the message. The time window checked here is the widest a gateway can be
+configured with, so no batch a gateway acknowledged is ever dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,10 +19,23 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from schemas.event_rules import (
+    COORDINATE_MAX,
+    COORDINATE_MIN,
+    EVENT_TYPES,
+    MAX_BATCH_ID,
+    MAX_CAMPAIGN_ID,
+    MAX_EVENT_AGE_LIMIT_S,
+    MAX_EVENTS,
+    MAX_RECEIVED_AT_MS,
+    MAX_SCREEN_NAME,
+    MAX_USER_ID,
+    MIN_RECEIVED_AT_MS,
+    TimeWindow,
+)
 from schemas.kafka.v1 import touch_batch_pb2
 
 FORMAT_VERSION = 1
-EVENT_TYPES = (1, 2, 3)  # TAP, SCROLL, ACTION_CLICK
 
 
 class BatchFormatError(ValueError):
@@ -73,11 +89,15 @@ def decode_batch(data: bytes) -> TouchBatch:
         raise BatchFormatError(f"undecodable protobuf: {e}") from e
     if message.format_version != FORMAT_VERSION:
         raise BatchFormatError(f"unknown format_version {message.format_version}")
-    if not message.user_id:
-        raise BatchFormatError("empty user_id")
+    if not 0 < len(message.user_id) <= MAX_USER_ID:
+        raise BatchFormatError(f"user_id empty or over {MAX_USER_ID} characters")
+    if not 0 < len(message.batch_id) <= MAX_BATCH_ID:
+        raise BatchFormatError(f"batch_id empty or over {MAX_BATCH_ID} characters")
+    if not MIN_RECEIVED_AT_MS <= message.received_at_ms <= MAX_RECEIVED_AT_MS:
+        raise BatchFormatError(f"received_at_ms {message.received_at_ms} is not a gateway's")
     n = len(message.x)
-    if n == 0:
-        raise BatchFormatError("no events")
+    if not 0 < n <= MAX_EVENTS:
+        raise BatchFormatError(f"{n} events; 1..{MAX_EVENTS} expected")
     batch = TouchBatch(
         user_id=message.user_id,
         batch_id=message.batch_id,
@@ -109,18 +129,23 @@ def _check(batch: TouchBatch, message: touch_batch_pb2.TouchBatch, n: int) -> No
         raise BatchFormatError(f"column length differs from x ({n}): {', '.join(uneven)}")
     if not batch.screen_dict or int(batch.screen_index.max()) >= len(batch.screen_dict):
         raise BatchFormatError("screen_index out of screen_dict")
-    if not all(0 < len(s) <= 200 for s in batch.screen_dict):
-        raise BatchFormatError("screen name empty or over 200 characters")
+    if not all(0 < len(s) <= MAX_SCREEN_NAME for s in batch.screen_dict):
+        raise BatchFormatError(f"screen name empty or over {MAX_SCREEN_NAME} characters")
     if not batch.campaign_dict or int(batch.campaign_index.max()) >= len(batch.campaign_dict):
         raise BatchFormatError("campaign_index out of campaign_dict")
-    if any(len(c) > 200 for c in batch.campaign_dict):
-        raise BatchFormatError("campaign id over 200 characters")
+    if any(len(c) > MAX_CAMPAIGN_ID for c in batch.campaign_dict):
+        raise BatchFormatError(f"campaign id over {MAX_CAMPAIGN_ID} characters")
     for name, column in (("x", batch.x), ("y", batch.y)):
         # NaN fails both comparisons, so this also rejects NaN and inf.
-        if not bool(np.all((column >= 0.0) & (column <= 1.0))):
+        if not bool(np.all((column >= COORDINATE_MIN) & (column <= COORDINATE_MAX))):
             raise BatchFormatError(f"{name} outside [0, 1] or not finite")
     raw_types = np.array(message.event_type, dtype=np.int64)
-    if not bool(np.all((raw_types >= 1) & (raw_types <= 3))):
+    if not bool(np.all((raw_types >= EVENT_TYPES[0]) & (raw_types <= EVENT_TYPES[-1]))):
         raise BatchFormatError("event_type outside TAP/SCROLL/ACTION_CLICK")
-    if int(batch.timestamp_ms.min()) < 0:
-        raise BatchFormatError("timestamp before 1970")
+    window = TimeWindow(batch.received_at_ms, MAX_EVENT_AGE_LIMIT_S)
+    earliest, latest = int(batch.timestamp_ms.min()), int(batch.timestamp_ms.max())
+    if earliest < window.earliest_ms or latest > window.latest_ms:
+        raise BatchFormatError(
+            f"timestamp outside [{window.earliest_ms}, {window.latest_ms}] ms "
+            f"(received_at_ms {batch.received_at_ms})"
+        )

@@ -49,7 +49,14 @@ def test_matches_encode_batch_on_edge_values() -> None:
         x=np.array([-0.0], dtype=np.float32),
     )
     assert encode(one) == encode_batch(one)
-    small = random_batch(rng, 3, screen_dict=["A"], screen_index=np.zeros(3, np.uint32))
+    small = random_batch(
+        rng,
+        3,
+        screen_dict=["A"],
+        screen_index=np.zeros(3, np.uint32),
+        received_at_ms=1_795_000_000_000,
+        timestamp_ms=np.full(3, 1_794_999_999_999, dtype=np.int64),
+    )
     assert encode(small) == encode_batch(small)
     assert decode_batch(encode(small)).screen_dict == ["A"]
 

@@ -11,6 +11,7 @@ import pytest
 from heatmap.errors import InvalidArgument
 from ingest_gateway.columns import parse_columns, split
 from ingest_gateway.validation import BatchRejected, Undecodable, to_batch
+from schemas.event_rules import DEFAULT_MAX_EVENT_AGE_S
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import TouchBatch, decode_batch, encode_batch
 
@@ -140,12 +141,54 @@ def test_unspecified_and_unknown_event_types_rejected(kind: int) -> None:
 # ------------------------------------------------------------------ timestamps
 
 
-def test_unset_timestamp_gets_receive_time_and_explicit_epoch_is_kept() -> None:
+def test_unset_timestamp_gets_receive_time_and_explicit_epoch_is_too_old() -> None:
     epoch = event()
     epoch.timestamp.SetInParent()  # explicitly 1970-01-01T00:00:00Z
-    batch = build(request(event(), epoch, event(ts_ms=NOW_MS - 5000)))
-    assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS - 5000]
+    batch = build(request(event(), event(ts_ms=NOW_MS - 5000)))
+    assert batch.timestamp_ms.tolist() == [NOW_MS, NOW_MS - 5000]
     assert batch.received_at_ms == NOW_MS
+    assert fields_of(request(event(), epoch, event(ts_ms=NOW_MS - 5000))) == ["events[1].timestamp"]
+
+
+def test_the_accepted_age_ends_exactly_at_max_event_age() -> None:
+    oldest = NOW_MS - DEFAULT_MAX_EVENT_AGE_S * 1000
+    assert build(request(event(ts_ms=oldest))).timestamp_ms.tolist() == [oldest]
+    assert fields_of(request(event(ts_ms=oldest - 1))) == ["events[0].timestamp"]
+    # A configured age moves the bound.
+    req = request(event(ts_ms=NOW_MS - 3_601_000)).SerializeToString()
+    assert to_batch(req, "u", NOW_MS, max_event_age_s=3_602).timestamp_ms.tolist() == [
+        NOW_MS - 3_601_000
+    ]
+    with pytest.raises(BatchRejected, match="events\\[0\\].timestamp"):
+        to_batch(req, "u", NOW_MS, max_event_age_s=3_600)
+
+
+def test_too_old_says_so_and_names_the_setting() -> None:
+    with pytest.raises(BatchRejected) as err:
+        build(request(event(ts_ms=NOW_MS - 400 * DAY_MS)))
+    (violation,) = err.value.violations
+    assert "older than" in violation.description
+    assert "HEATMAP_MAX_EVENT_AGE_S" in violation.description
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        2**63 // 1000 + 1,  # wrapped to 1970 once scaled to ms in int64
+        2**62,  # wrapped into 1970-01-01's hour
+        2**63 - 1,
+        -(2**63),
+        (NOW_MS + DAY_MS) // 1000 + 1,
+        2**32,
+    ],
+)
+def test_seconds_anywhere_in_int64_never_overflow_into_the_window(seconds: int) -> None:
+    ev = event()
+    ev.timestamp.seconds = seconds
+    # With a valid event beside it, all or nothing: the batch is rejected, the
+    # bad event named, nothing acknowledged.
+    assert fields_of(request(event(ts_ms=NOW_MS), ev)) == ["events[1].timestamp"]
+    assert fields_of(request(ev, *[event()] * 499)) == ["events[0].timestamp"]
 
 
 def test_timestamp_24h_ahead_is_the_last_accepted() -> None:
@@ -156,8 +199,8 @@ def test_timestamp_24h_ahead_is_the_last_accepted() -> None:
 
 def test_timestamp_truncates_to_milliseconds() -> None:
     ev = event()
-    ev.timestamp.seconds, ev.timestamp.nanos = 1_700_000_000, 999_999_999
-    assert build(request(ev)).timestamp_ms.tolist() == [1_700_000_000_999]
+    ev.timestamp.seconds, ev.timestamp.nanos = 1_789_999_000, 999_999_999
+    assert build(request(ev)).timestamp_ms.tolist() == [1_789_999_000_999]
 
 
 @pytest.mark.parametrize(("seconds", "nanos"), [(-1, 0), (-1, 999_999_999), (10, -1), (10, 10**9)])
@@ -206,9 +249,9 @@ def test_violation_descriptions_say_what_is_wrong() -> None:
 
 def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
     req = request(
-        event(screen_name="Home", campaign_id="", x=0.0, y=1.0, event_type=1, ts_ms=1_000),
+        event(screen_name="Home", campaign_id="", x=0.0, y=1.0, event_type=1, ts_ms=NOW_MS - 2_000),
         event(screen_name="Cart", campaign_id="spring", x=0.25, y=0.75, event_type=3),
-        event(screen_name="Home", campaign_id="spring", x=1.0, y=0.0, event_type=2, ts_ms=2_000),
+        event(screen_name="Home", campaign_id="spring", x=1.0, y=0.0, event_type=2, ts_ms=NOW_MS - 1_000),
         batch_id="retry-key",
     )
     batch = build(req, "device-7", NOW_MS)
@@ -223,7 +266,7 @@ def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
     assert decoded.campaign_index.tolist() == [0, 1, 1]
     assert decoded.x.tolist() == [0.0, 0.25, 1.0]
     assert decoded.y.tolist() == [1.0, 0.75, 0.0]
-    assert decoded.timestamp_ms.tolist() == [1_000, NOW_MS, 2_000]
+    assert decoded.timestamp_ms.tolist() == [NOW_MS - 2_000, NOW_MS, NOW_MS - 1_000]
     assert decoded.event_type.tolist() == [1, 3, 2]
     assert batch.x.dtype == np.float32
     assert batch.event_type.dtype == np.uint8
@@ -242,22 +285,22 @@ def test_columns_stay_aligned_when_defaults_are_left_off_the_wire() -> None:
     # x == 0.0, campaign "" and nanos == 0 are not encoded: those columns are
     # shorter than the event list and must be read event by event instead.
     ev = event(x=0.0, y=0.0)
-    ev.timestamp.seconds = 1_700_000_000  # nanos 0: not on the wire
+    ev.timestamp.seconds = 1_789_900_000  # nanos 0: not on the wire
     req = request(
-        event(x=0.1, campaign_id="a", ts_ms=1_700_000_000_001),
+        event(x=0.1, campaign_id="a", ts_ms=1_789_900_000_001),
         ev,
         event(x=0.3, y=0.0),  # timestamp unset
-        event(x=0.0, campaign_id="b", ts_ms=1_700_000_000_003),
+        event(x=0.0, campaign_id="b", ts_ms=1_789_900_000_003),
     )
     batch = build(req)
     assert batch.x.tolist() == pytest.approx([0.1, 0.0, 0.3, 0.0])
     assert batch.y.tolist() == [0.5, 0.0, 0.0, 0.5]
     assert [batch.campaign_dict[i] for i in batch.campaign_index] == ["a", "", "", "b"]
     assert batch.timestamp_ms.tolist() == [
-        1_700_000_000_001,
-        1_700_000_000_000,
+        1_789_900_000_001,
+        1_789_900_000_000,
         NOW_MS,
-        1_700_000_000_003,
+        1_789_900_000_003,
     ]
 
 
@@ -294,11 +337,12 @@ def test_fast_path_equals_the_event_by_event_reading_on_random_requests() -> Non
             )
             kind = rng.integers(0, 4)
             if kind == 1:
-                ev.timestamp.FromMilliseconds(int(rng.integers(1, NOW_MS)))
+                ev.timestamp.FromMilliseconds(int(rng.integers(NOW_MS - 30 * DAY_MS, NOW_MS)))
             elif kind == 2:
-                ev.timestamp.seconds = int(rng.integers(0, 3))  # nanos 0, maybe epoch
+                ev.timestamp.seconds = NOW_MS // 1000 - int(rng.integers(0, 3))  # nanos 0
             elif kind == 3:
-                ev.timestamp.nanos = int(rng.integers(0, 10**9))  # seconds 0
+                ev.timestamp.seconds = NOW_MS // 1000 - 5
+                ev.timestamp.nanos = int(rng.integers(0, 10**9))
             events.append(ev)
         req = request(*events)
         batch = build(req)
@@ -316,11 +360,10 @@ def test_batches_without_any_event_time_get_the_receive_time() -> None:
     assert (batch.timestamp_ms == NOW_MS).all()
     epoch = event()
     epoch.timestamp.SetInParent()
-    batch = build(request(event(), epoch, event()))
-    assert batch.timestamp_ms.tolist() == [NOW_MS, 0, NOW_MS]
-    # Only explicit epochs: nothing on the wire but the (empty) timestamp fields.
-    batch = build(request(epoch, epoch))
-    assert batch.timestamp_ms.tolist() == [0, 0]
+    # Explicit epochs are told apart from absent times (and are too old), also
+    # when nothing but the empty timestamp fields is on the wire.
+    assert fields_of(request(event(), epoch, event())) == ["events[1].timestamp"]
+    assert fields_of(request(epoch, epoch)) == ["events[0].timestamp", "events[1].timestamp"]
 
 
 def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
@@ -328,10 +371,15 @@ def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
     # empty campaign, a field repeated inside one event (the last one wins), a
     # timestamp split over two occurrences. The columns' markers no longer line
     # up for those, and the event-by-event reading must give the protobuf answer.
-    plain = event(campaign_id="a", ts_ms=5_000).SerializeToString()
-    explicit_empty = event(ts_ms=6_000).SerializeToString() + b"\x2a\x00"
-    repeated = event(campaign_id="first", ts_ms=7_000).SerializeToString() + b"\x2a\x04last"
-    split_stamp = event().SerializeToString() + b"\x22\x02\x08\x08" + b"\x22\x04\x10\xc0\x84\x3d"
+    t = NOW_MS - 10_000
+    seconds = heatmap_pb2.TouchEvent()
+    seconds.timestamp.seconds = (t + 3_000) // 1000
+    plain = event(campaign_id="a", ts_ms=t).SerializeToString()
+    explicit_empty = event(ts_ms=t + 1_000).SerializeToString() + b"\x2a\x00"
+    repeated = event(campaign_id="first", ts_ms=t + 2_000).SerializeToString() + b"\x2a\x04last"
+    split_stamp = (
+        event().SerializeToString() + seconds.SerializeToString() + b"\x22\x04\x10\xc0\x84\x3d"
+    )
     req_bytes = b"".join(
         b"\x0a" + bytes([len(ev)]) + ev for ev in (plain, explicit_empty, repeated, split_stamp)
     )
@@ -341,14 +389,14 @@ def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
     batch = to_batch(req_bytes, "u", NOW_MS)
     want = reference(ordinary)
     assert [batch.campaign_dict[i] for i in batch.campaign_index] == want["campaign"]
-    assert batch.timestamp_ms.tolist() == want["ts"] == [5_000, 6_000, 7_000, 8_001]
+    assert batch.timestamp_ms.tolist() == want["ts"] == [t, t + 1_000, t + 2_000, (t + 3_000) // 1000 * 1000 + 1]
 
 
 def test_a_nanos_equal_to_the_column_marker_is_rejected_like_any_bad_nanos() -> None:
     ev = event()
-    ev.timestamp.seconds = 1_700_000_000
+    ev.timestamp.seconds = 1_789_000_000
     ev.timestamp.nanos = 1 << 30
-    assert fields_of(request(event(ts_ms=1_000), ev)) == ["events[1].timestamp"]
+    assert fields_of(request(event(ts_ms=NOW_MS), ev)) == ["events[1].timestamp"]
 
 
 def test_every_event_in_a_campaign_leaves_no_empty_campaign_in_the_dictionary() -> None:

@@ -24,7 +24,10 @@ def sample(n: int = 4) -> TouchBatch:
         campaign_index=np.array([0, 0, 1, 1][:n], dtype=np.uint32),
         x=np.array([0.0, 0.25, 0.5, 1.0][:n], dtype=np.float32),
         y=np.array([1.0, 0.75, 0.5, 0.0][:n], dtype=np.float32),
-        timestamp_ms=np.array([1, 2, 3, 1_795_000_000_000][:n], dtype=np.int64),
+        timestamp_ms=np.array(
+            [1_794_000_000_001, 1_794_000_000_002, 1_794_000_000_003, 1_795_000_000_000][:n],
+            dtype=np.int64,
+        ),
         event_type=np.array([1, 2, 3, 1][:n], dtype=np.uint8),
     )
 
@@ -64,8 +67,13 @@ def raw(**overrides: object) -> bytes:
         (raw(user_id=""), "user_id"),
         (
             raw(x=[], y=[], timestamp_ms=[], event_type=[], screen_index=[], campaign_index=[]),
-            "no events",
+            "0 events",
         ),
+        (raw(batch_id=""), "batch_id"),
+        (raw(batch_id="b" * 129), "batch_id"),
+        (raw(user_id="u" * 257), "user_id"),
+        (raw(received_at_ms=0), "received_at_ms"),
+        (raw(received_at_ms=2**62), "received_at_ms"),
         (raw(y=[0.1, 0.2]), "column length"),
         (raw(screen_index=[0, 1, 2, 0]), "screen_index"),
         (raw(screen_dict=[]), "screen_index"),
@@ -79,7 +87,11 @@ def raw(**overrides: object) -> bytes:
         (raw(x=[-0.0001, 0.1, 0.5, 0.5]), "x outside"),
         (raw(event_type=[1, 0, 1, 1]), "event_type"),
         (raw(event_type=[1, 4, 1, 1]), "event_type"),
-        (raw(timestamp_ms=[1, -5, 3, 4]), "timestamp"),
+        (raw(timestamp_ms=[1_794_000_000_000, -5, 1_794_000_000_000, 1]), "timestamp"),
+        # The widest window any gateway can be configured with: 400 days back, 24 h ahead.
+        (raw(timestamp_ms=[1_795_000_000_000 - 400 * 86_400_000 - 1] * 4), "timestamp"),
+        (raw(timestamp_ms=[1_795_000_000_000 + 86_400_000 + 1] * 4), "timestamp"),
+        (raw(timestamp_ms=[2**62] * 4), "timestamp"),
     ],
 )
 def test_invalid_payloads_raise_batch_format_error(payload: bytes, reason: str) -> None:
@@ -100,6 +112,6 @@ def test_fleet_is_seeded_and_within_the_contract() -> None:
     assert counts.argmax() == 0
     assert counts[0] > 2 * counts[5]
     spec = FleetSpec()
-    start = int(spec.start.timestamp() * 1000)
+    start = int(spec.first_hour.timestamp() * 1000)
     assert first.timestamp_ms.min() >= start
     assert first.timestamp_ms.max() < start + spec.hours * 3_600_000
