@@ -7,6 +7,7 @@ import logging
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from heatmap.kafka_security import confluent_config
 from heatmap.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ def ensure_topics(settings: KafkaSettings, timeout_s: float = 30.0) -> None:
     """
     if not settings.bootstrap:
         raise ValueError("Kafka bootstrap is not configured")
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap})
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap, **confluent_config(settings)})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [
         NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication)

@@ -38,7 +38,9 @@ Producer configuration and why:
 * ``partitioner=murmur2_random``: the Java client's key hashing, so any
   producer (Java, aiokafka) puts a user's batches on the same partition;
 * ``socket.keepalive.enable``, ``reconnect.backoff.max.ms=1000``: a broker
-  that comes back is found again within a second.
+  that comes back is found again within a second;
+* TLS and SASL keys from ``heatmap.kafka_security`` (the same settings the
+  worker and the topic admin use).
 
 Health: the publisher is healthy once the broker answered a metadata request
 for the topic (which must exist: the gateway does not create topics, that is
@@ -60,6 +62,7 @@ from typing import Any, Protocol
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from heatmap.errors import ResourceExhausted, Unavailable
+from heatmap.kafka_security import confluent_config
 from heatmap.settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
         # librdkafka's own log lines go through Python logging (JSON), not stderr.
         "logger": logging.getLogger("ingest_gateway.librdkafka"),
         "log.connection.close": False,
+        **confluent_config(settings),
     }
 
 

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.clickhouse import connect
 from heatmap.kafka_admin import ensure_topics
+from heatmap.kafka_security import faust_credentials
 from heatmap.settings import Settings
 from stream_workers.dead_letters import DeadLetterTopic
 from stream_workers.metrics import WorkerMetrics
@@ -79,6 +80,8 @@ def create_app(settings: Settings, data_dir: Path, tuning: FaustTuning | None = 
     return faust.App(
         settings.kafka.consumer_group,
         broker=[f"kafka://{host.strip()}" for host in bootstrap.split(",")],
+        # TLS/SASL for the consumer and the producer (dead letters) alike.
+        broker_credentials=faust_credentials(settings.kafka),
         datadir=str(data_dir),
         web_enabled=False,
         table_standby_replicas=0,

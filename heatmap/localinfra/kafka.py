@@ -10,6 +10,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from heatmap.localinfra.kafka_listeners import SecureListeners
 from heatmap.localinfra.process import ServiceProcess, cache_dir, free_port, port_open
 
 logger = logging.getLogger(__name__)
@@ -49,28 +50,43 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
 class KafkaBroker:
     """One KRaft broker+controller on 127.0.0.1; data survives ``stop``/``start``."""
 
-    def __init__(self, data_dir: Path, port: int = 0, heap_mb: int = 768) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        heap_mb: int = 768,
+        secure: SecureListeners | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.controller_port = free_port()
         self.heap_mb = heap_mb
+        self.secure = secure
+        self.secure_ports = {name: free_port() for name in secure.protocols()} if secure else {}
         self._process: ServiceProcess | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def bootstrap_for(self, protocol: str) -> str:
+        """The address of the ``SSL``, ``SASL_PLAINTEXT`` or ``SASL_SSL`` listener."""
+        return f"127.0.0.1:{self.secure_ports[protocol]}"
+
     def _properties(self) -> str:
+        extra = "".join(f",{name}://127.0.0.1:{port}" for name, port in self.secure_ports.items())
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
                 f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                f"CONTROLLER://127.0.0.1:{self.controller_port}{extra}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}{extra}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+                + "".join(f",{name}:{name}" for name in self.secure_ports),
+                *(self.secure.properties() if self.secure else []),
                 f"log.dirs={self.data_dir / 'logs'}",
                 "num.partitions=1",
                 "auto.create.topics.enable=false",
