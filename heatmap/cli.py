@@ -27,6 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--cluster", default=None, help="ClickHouse cluster name: replicated tables ON CLUSTER"
     )
+    migrate.add_argument(
+        "--create-readonly-user",
+        action="store_true",
+        help="also create/update the query service's user of HEATMAP_CLICKHOUSE_READONLY_URL "
+        "(SELECT only; a ClickHouse server, not chDB)",
+    )
+
 
     infra = sub.add_parser("infra", help="local Kafka + S3 server as background daemons")
     infra.add_argument("action", choices=["up", "down", "status"])
@@ -108,7 +115,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_dev(settings, grpc_port=args.grpc_port, data_dir=args.data_dir)
     if command == "migrate":
-        return _migrate(settings, args.cluster)
+        return _migrate(settings, args.cluster, args.create_readonly_user)
     if command == "infra":
         return _infra(args.action, args.dir)
     if command == "token":
@@ -135,17 +142,31 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(command)
 
 
-def _migrate(settings: Settings, cluster: str | None) -> int:
-    from heatmap.clickhouse import migrate
+def _migrate(settings: Settings, cluster: str | None, readonly_user: bool = False) -> int:
+    from heatmap.clickhouse import create_readonly_user, is_chdb, migrate
 
-    settings.require_clickhouse()
+    url = settings.require_clickhouse()
+    if readonly_user:  # checked before anything changes
+        if is_chdb(url):
+            raise SettingsError(
+                "HEATMAP_CLICKHOUSE_URL: --create-readonly-user needs a ClickHouse server; "
+                "chDB runs in-process without users (docs/operations.md)"
+            )
+        if not settings.clickhouse.readonly_url:
+            raise SettingsError(
+                "HEATMAP_CLICKHOUSE_READONLY_URL: required by --create-readonly-user "
+                "(http(s)://user:password@host:port/db, the query service's URL)"
+            )
     if cluster:
         from heatmap.clickhouse_cluster import migrate_cluster
 
         applied = migrate_cluster(settings.clickhouse, cluster)
     else:
         applied = migrate(settings.clickhouse)
-    print(json.dumps({"database": settings.clickhouse.database, "applied": applied}))
+    report: dict[str, object] = {"database": settings.clickhouse.database, "applied": applied}
+    if readonly_user:
+        report["readonly_user"] = create_readonly_user(settings.clickhouse, cluster)
+    print(json.dumps(report))
     return 0
 
 

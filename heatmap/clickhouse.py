@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -163,3 +163,68 @@ def apply_pending(
 
 def quote_identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+# -------------------------------------------------------- read-only user
+
+#: ``readonly = 2``, not 1: the query service sets ``max_execution_time`` on
+#: each query (its deadline budget), which ``readonly = 1`` forbids (the
+#: client would then drop it silently). 2 still refuses every write and DDL
+#: and changing ``readonly`` itself; the grant below is SELECT only anyway.
+READONLY_PROFILE = "SETTINGS readonly = 2"
+
+
+def readonly_credentials(url: str) -> tuple[str, str]:
+    """The user name and password in a ``http(s)://user:password@host/db`` URL."""
+    parts = urlsplit(url)
+    if not parts.username or not parts.password:
+        raise ValueError("the read-only user URL carries no user name and password")
+    return unquote(parts.username), unquote(parts.password)
+
+
+def readonly_user_statements(
+    user: str, password: str, database: str, cluster: str | None = None
+) -> list[str]:
+    """SQL that creates (or brings up to date) the query service's read-only user.
+
+    Idempotent: ``ALTER USER`` re-states the password and profile, so a rotated
+    secret takes effect by running ``heatmap migrate --create-readonly-user``
+    again. The migrating user needs the ``ACCESS MANAGEMENT`` rights and
+    ``SELECT ... WITH GRANT OPTION`` on the database (a server's
+    ``access_management = 1`` user has both).
+    """
+    name = quote_identifier(user)
+    on_cluster = f" ON CLUSTER {quote_identifier(cluster)}" if cluster else ""
+    identified = f"IDENTIFIED WITH sha256_password BY {quote_string(password)}"
+    return [
+        f"CREATE USER IF NOT EXISTS {name}{on_cluster} {identified} {READONLY_PROFILE}",
+        f"ALTER USER {name}{on_cluster} {identified} {READONLY_PROFILE}",
+        f"GRANT{on_cluster} SELECT ON {quote_identifier(database)}.* TO {name}",
+    ]
+
+
+def create_readonly_user(settings: ClickHouseSettings, cluster: str | None = None) -> str:
+    """Create or update the user of ``settings.readonly_url``; returns its name.
+
+    A ClickHouse server only: chDB (in-process) has no writable user
+    directory and refuses ``CREATE USER``; there the query service shares the
+    process and its engine anyway.
+    """
+    if not settings.url or is_chdb(settings.url):
+        raise ValueError("a read-only user needs a ClickHouse server, not chDB")
+    if not settings.readonly_url:
+        raise ValueError("no read-only user URL configured")
+    user, password = readonly_credentials(settings.readonly_url)
+    client = connect(settings, database="default")
+    try:
+        for statement in readonly_user_statements(user, password, settings.database, cluster):
+            client.command(statement)
+    finally:
+        client.close()
+    logger.info("read-only user %s: SELECT on %s", user, settings.database)
+    return user
+
+
+def quote_string(value: str) -> str:
+    """A ClickHouse string literal (backslash escapes, as the server parses them)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
