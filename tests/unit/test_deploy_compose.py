@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from heatmap.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy/compose"
 COMPOSE = COMPOSE_DIR / "docker-compose.yml"
@@ -39,13 +41,23 @@ def _services() -> dict[str, dict[str, Any]]:
     return services
 
 
-def _env_file() -> dict[str, str]:
+def _env_file(name: str = "heatmap.env") -> dict[str, str]:
     pairs = {}
-    for line in (COMPOSE_DIR / "heatmap.env").read_text().splitlines():
+    for line in (COMPOSE_DIR / name).read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             pairs[key] = value
     return pairs
+
+
+def _service_env(name: str) -> dict[str, str]:
+    """What the container's process sees: its env files in order, then ``environment``."""
+    service = _services()[name]
+    env: dict[str, str] = {}
+    for file in service["env_file"]:
+        env.update(_env_file(file))
+    env.update({k: str(v) for k, v in service.get("environment", {}).items()})
+    return env
 
 
 def test_the_stack_has_every_part() -> None:
@@ -67,7 +79,9 @@ def test_project_services_share_one_image_and_the_env_file(name: str) -> None:
     service = _services()[name]
     assert service["image"] == "${HEATMAP_IMAGE:-touch-heatmaps:dev}"
     assert service["build"] == {"context": "../..", "dockerfile": "deploy/Dockerfile"}
-    assert service["env_file"] == ["heatmap.env"]
+    assert service["env_file"][0] == "heatmap.env"
+    for file in service["env_file"]:
+        assert (COMPOSE_DIR / file).is_file(), file
     assert service["read_only"] is True
 
 
@@ -75,7 +89,7 @@ def test_entry_points() -> None:
     services = _services()
     for name in APP_SERVICES:
         assert services[name]["command"] == [name]
-    assert services["migrate"]["command"] == ["migrate"]
+    assert services["migrate"]["command"] == ["migrate", "--create-readonly-user"]
     assert services["init"]["entrypoint"] == ["python", "/usr/local/bin/heatmap-bootstrap"]
 
 
@@ -132,21 +146,73 @@ def test_kafka_is_kraft_without_auto_created_topics() -> None:
     assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{bootstrap}"
 
 
-def test_credentials_match_between_the_env_file_and_the_backing_services() -> None:
-    env = _env_file()
+def test_credentials_match_between_the_env_files_and_the_backing_services() -> None:
     services = _services()
-    clickhouse = urlsplit(env["HEATMAP_CLICKHOUSE_URL"])
     ch_env = services["clickhouse"]["environment"]
-    assert (clickhouse.username, clickhouse.password) == (
-        ch_env["CLICKHOUSE_USER"],
-        ch_env["CLICKHOUSE_PASSWORD"],
-    )
-    assert clickhouse.hostname == "clickhouse"
-    assert clickhouse.path.lstrip("/") == env["HEATMAP_CLICKHOUSE_DATABASE"]
+    for name in ("worker", "migrate"):
+        env = _service_env(name)
+        clickhouse = urlsplit(env["HEATMAP_CLICKHOUSE_URL"])
+        assert (clickhouse.username, clickhouse.password) == (
+            ch_env["CLICKHOUSE_USER"],
+            ch_env["CLICKHOUSE_PASSWORD"],
+        ), name
+        assert clickhouse.hostname == "clickhouse"
+        assert clickhouse.path.lstrip("/") == env["HEATMAP_CLICKHOUSE_DATABASE"]
     minio_env = services["minio"]["environment"]
-    assert env["HEATMAP_S3_ACCESS_KEY"] == minio_env["MINIO_ROOT_USER"]
-    assert env["HEATMAP_S3_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
-    assert urlsplit(env["HEATMAP_S3_ENDPOINT"]).hostname == "minio"
+    for name in ("query-api", "init"):
+        env = _service_env(name)
+        assert env["HEATMAP_S3_ACCESS_KEY"] == minio_env["MINIO_ROOT_USER"]
+        assert env["HEATMAP_S3_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+        assert urlsplit(env["HEATMAP_S3_ENDPOINT"]).hostname == "minio"
+
+
+def _sections(env: dict[str, str]) -> set[str]:
+    prefixes = ("KAFKA", "CLICKHOUSE", "S3", "JWT")
+    return {p for key in env for p in prefixes if key.startswith(f"HEATMAP_{p}_")}
+
+
+def test_each_container_holds_only_the_credentials_it_uses() -> None:
+    assert _sections(_service_env("gateway")) == {"KAFKA", "JWT"}
+    assert _sections(_service_env("worker")) == {"KAFKA", "CLICKHOUSE"}
+    assert _sections(_service_env("query-api")) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
+    assert _sections(_service_env("init")) == {"KAFKA", "S3"}
+    assert _sections(_service_env("migrate")) == {"KAFKA", "CLICKHOUSE"}
+
+
+def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
+    admin = _services()["clickhouse"]["environment"]["CLICKHOUSE_USER"]
+    query = urlsplit(_service_env("query-api")["HEATMAP_CLICKHOUSE_URL"])
+    assert query.username not in (None, admin)
+    assert query.password
+    migrate = _service_env("migrate")
+    assert (
+        migrate["HEATMAP_CLICKHOUSE_READONLY_URL"]
+        == _service_env("query-api")["HEATMAP_CLICKHOUSE_URL"]
+    )
+    assert urlsplit(migrate["HEATMAP_CLICKHOUSE_URL"]).username == admin
+    assert "--create-readonly-user" in _services()["migrate"]["command"]
+
+
+@pytest.mark.parametrize("name", APP_SERVICES + ONE_SHOTS)
+def test_each_container_s_settings_are_complete_for_its_deployable(name: str) -> None:
+    settings = Settings.from_env(_service_env(name))
+    needs = {
+        "gateway": (settings.require_kafka, settings.require_auth),
+        "worker": (settings.require_kafka, settings.require_clickhouse),
+        "query-api": (
+            settings.require_clickhouse,
+            settings.require_auth,
+            settings.require_screenshot_store,
+        ),
+        "init": (settings.require_kafka,),
+        "migrate": (settings.require_clickhouse,),
+    }
+    for require in needs[name]:
+        require()
+    if name == "init":
+        assert settings.s3.endpoint  # the bucket is created there
+    if name == "migrate":
+        assert settings.clickhouse.readonly_url
 
 
 def test_the_compose_file_matches_the_compose_specification_schema() -> None:

@@ -41,7 +41,10 @@ def test_every_yaml_file_parses(path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
     assert docs, path
     for doc in docs:
-        assert isinstance(doc, dict), path
+        if isinstance(doc, list):  # a JSON patch (RFC 6902) a kustomization applies
+            assert all(isinstance(op, dict) and {"op", "path"} <= set(op) for op in doc), path
+        else:
+            assert isinstance(doc, dict), path
 
 
 def test_only_known_heatmap_settings_are_used() -> None:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from heatmap.grpc_server import LIVENESS
+from heatmap.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
@@ -50,13 +51,58 @@ def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in _resources() if d["kind"] == kind}
 
 
-def _config_env() -> dict[str, str]:
+def _config_env(name: str = "config.env") -> dict[str, str]:
     pairs = {}
-    for line in (BASE / "config.env").read_text().splitlines():
+    for line in (BASE / name).read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _config_maps() -> dict[str, dict[str, str]]:
+    """The generated ConfigMaps of the base, by name, from their env files."""
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    out: dict[str, dict[str, str]] = {}
+    for generator in kustomization["configMapGenerator"]:
+        data: dict[str, str] = {}
+        for env_file in generator["envs"]:
+            data.update(_config_env(env_file))
+        out[generator["name"]] = data
+    return out
+
+
+def _secrets() -> dict[str, dict[str, str]]:
+    return {name: doc["stringData"] for name, doc in _by_kind("Secret").items()}
+
+
+def _workloads() -> dict[str, dict[str, Any]]:
+    """The one container of every Deployment and Job, by workload name."""
+    return {
+        doc["metadata"]["name"]: doc["spec"]["template"]["spec"]["containers"][0]
+        for doc in _resources()
+        if doc["kind"] in ("Deployment", "Job")
+    }
+
+
+def _container_env(container: dict[str, Any]) -> dict[str, str]:
+    """The environment the container's process sees: envFrom in order, then env."""
+    config_maps, secrets = _config_maps(), _secrets()
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_maps[source["configMapRef"]["name"]])
+        else:
+            env.update(secrets[source["secretRef"]["name"]])
+    for var in container.get("env", []):
+        ref = var["valueFrom"]["secretKeyRef"]
+        env[var["name"]] = secrets[ref["name"]][ref["key"]]
+    return env
+
+
+def _sections(env: dict[str, str]) -> set[str]:
+    prefixes = ("KAFKA", "CLICKHOUSE", "S3", "JWT")
+    return {p for key in env for p in prefixes if key.startswith(f"HEATMAP_{p}_")}
 
 
 def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
@@ -67,9 +113,11 @@ def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
     for entry in kustomization["resources"]:
         assert (BASE / entry).exists(), entry
     assert (BASE / "../../envoy/kustomization.yaml").resolve().is_file()
-    [generator] = kustomization["configMapGenerator"]
-    assert generator["name"] == "heatmap-config"
-    assert (BASE / generator["envs"][0]).is_file()
+    generators = kustomization["configMapGenerator"]
+    assert generators[0]["name"] == "heatmap-config"
+    for generator in generators:
+        for env_file in generator["envs"]:
+            assert (BASE / env_file).is_file(), env_file
 
 
 def test_every_document_is_a_named_kubernetes_object() -> None:
@@ -96,12 +144,7 @@ def test_app_deployments_probe_grpc_health_and_bound_resources(name: str) -> Non
     resources = container["resources"]
     assert set(resources["requests"]) == {"cpu", "memory"}
     assert set(resources["limits"]) == {"cpu", "memory"}
-    assert {r["configMapRef"]["name"] for r in container["envFrom"] if "configMapRef" in r} == {
-        "heatmap-config"
-    }
-    assert {r["secretRef"]["name"] for r in container["envFrom"] if "secretRef" in r} == {
-        "heatmap-secrets"
-    }
+    assert container["envFrom"][0] == {"configMapRef": {"name": "heatmap-config"}}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001  # the image's uid
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -163,7 +206,7 @@ def test_workers_scale_on_lag_capped_at_the_partition_count() -> None:
 def test_one_shot_jobs_init_topics_and_migrate() -> None:
     jobs = _by_kind("Job")
     migrate = jobs["heatmap-migrate"]["spec"]["template"]["spec"]
-    assert migrate["containers"][0]["args"] == ["migrate"]
+    assert migrate["containers"][0]["args"] == ["migrate", "--create-readonly-user"]
     assert migrate["restartPolicy"] == "OnFailure"
     init = jobs["heatmap-init"]["spec"]["template"]["spec"]["containers"][0]
     assert init["command"][:2] == ["python", "/usr/local/bin/heatmap-bootstrap"]
@@ -175,19 +218,67 @@ def test_cluster_overlay_runs_migrate_on_cluster() -> None:
     assert patch["target"]["name"] == "heatmap-migrate"
     [op] = yaml.safe_load(patch["patch"])
     assert op["value"][:2] == ["migrate", "--cluster"]
+    assert "--create-readonly-user" in op["value"]
 
 
-def test_config_and_secret_hold_only_known_settings() -> None:
-    secret = _by_kind("Secret")["heatmap-secrets"]
-    keys = set(_config_env()) | set(secret["stringData"])
+def test_config_and_secrets_hold_only_known_settings() -> None:
+    config = {k for data in _config_maps().values() for k in data}
+    secret = {k for data in _secrets().values() for k in data}
+    keys = config | secret
     assert all(k.startswith("HEATMAP_") for k in keys)
     # Every key is a variable heatmap/settings.py reads: a typo would be ignored silently.
     source = (Path(__file__).parents[2] / "heatmap" / "settings.py").read_text()
     unknown = [k for k in keys if f'"{k.removeprefix("HEATMAP_")}"' not in source]
     assert not unknown, unknown
-    assert not set(_config_env()) & set(secret["stringData"])
-    for key in ("HEATMAP_CLICKHOUSE_URL", "HEATMAP_S3_SECRET_KEY"):
-        assert key in secret["stringData"], "secrets stay out of the ConfigMap"
+    assert not config & secret
+    for key in ("HEATMAP_CLICKHOUSE_URL", "HEATMAP_S3_SECRET_KEY", "HEATMAP_JWT_PUBLIC_KEY"):
+        assert key in secret, "secrets stay out of the ConfigMaps"
+
+
+def test_each_pod_holds_only_the_credentials_it_uses() -> None:
+    env = {name: _container_env(c) for name, c in _workloads().items() if name != "envoy"}
+    assert _sections(env["gateway"]) == {"KAFKA", "JWT"}
+    assert _sections(env["worker"]) == {"KAFKA", "CLICKHOUSE"}
+    assert _sections(env["query-api"]) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
+    assert _sections(env["heatmap-init"]) == {"KAFKA", "S3"}
+    assert _sections(env["heatmap-migrate"]) == {"KAFKA", "CLICKHOUSE"}
+
+
+def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
+    from urllib.parse import urlsplit
+
+    workloads = _workloads()
+    query = _container_env(workloads["query-api"])
+    migrate = _container_env(workloads["heatmap-migrate"])
+    writer = urlsplit(_container_env(workloads["worker"])["HEATMAP_CLICKHOUSE_URL"])
+    reader = urlsplit(query["HEATMAP_CLICKHOUSE_URL"])
+    assert reader.username not in (None, writer.username)
+    assert migrate["HEATMAP_CLICKHOUSE_READONLY_URL"] == query["HEATMAP_CLICKHOUSE_URL"]
+    assert urlsplit(migrate["HEATMAP_CLICKHOUSE_URL"]).username == writer.username
+
+
+@pytest.mark.parametrize(
+    "name", ["gateway", "worker", "query-api", "heatmap-init", "heatmap-migrate"]
+)
+def test_each_pod_s_settings_are_complete_for_its_deployable(name: str) -> None:
+    settings = Settings.from_env(_container_env(_workloads()[name]))
+    needs = {
+        "gateway": (settings.require_kafka, settings.require_auth),
+        "worker": (settings.require_kafka, settings.require_clickhouse),
+        "query-api": (
+            settings.require_clickhouse,
+            settings.require_auth,
+            settings.require_screenshot_store,
+        ),
+        "heatmap-init": (settings.require_kafka,),
+        "heatmap-migrate": (settings.require_clickhouse,),
+    }
+    for require in needs[name]:
+        require()
+    if name == "heatmap-init":
+        assert settings.s3.endpoint  # the bucket is created there
+    if name == "heatmap-migrate":
+        assert settings.clickhouse.readonly_url
 
 
 # ------------------------------------------------------------ schema validation
@@ -293,3 +384,62 @@ def test_scaled_object_matches_the_keda_crd_schema() -> None:
     broken = json.loads(json.dumps(scaled[0]))
     broken["spec"]["maxReplicaCount"] = "24"  # a string: the schema wants an integer
     assert _keda_validate([broken]).returncode == 1
+
+
+def test_the_kafka_sasl_ssl_overlay_reaches_every_kafka_client_and_only_them() -> None:
+    kustomize = _kustomize()
+    if kustomize is None:
+        pytest.skip("no kustomize binary (go install sigs.k8s.io/kustomize/kustomize/v5)")
+    done = subprocess.run(
+        [kustomize, "build", str(K8S / "overlays/kafka-sasl-ssl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    data = {
+        (d["kind"], d["metadata"]["name"]): d.get("data") or d.get("stringData") or {}
+        for d in docs
+        if d["kind"] in ("ConfigMap", "Secret")
+    }
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job") or doc["metadata"]["name"] == "envoy":
+            continue
+        name = doc["metadata"]["name"]
+        pod = doc["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env: dict[str, str] = {}
+        for source in container.get("envFrom", []):
+            kind, ref = next(iter(source.items()))
+            env.update(data[("ConfigMap" if kind == "configMapRef" else "Secret", ref["name"])])
+        kafka_client = name in ("gateway", "worker", "heatmap-init")
+        assert ("HEATMAP_KAFKA_SECURITY_PROTOCOL" in env) is kafka_client, name
+        if not kafka_client:
+            Settings.from_env(env)  # nothing Kafka-secure it cannot satisfy
+            continue
+        # The CA file named is mounted from a Secret that holds it.
+        ca_file = Path(env.pop("HEATMAP_KAFKA_SSL_CA_FILE"))
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(ca_file.parent)]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert ca_file.name in data[("Secret", volume["secret"]["secretName"])]
+        kafka = Settings.from_env(env).kafka
+        assert kafka.security_protocol == "sasl_ssl"
+        assert kafka.sasl_mechanism == "SCRAM-SHA-512"
+        assert kafka.sasl_username
+        assert kafka.sasl_password
+    # KEDA reads the lag over the same listener with the same user and CA.
+    [scaled] = [d for d in docs if d["kind"] == "ScaledObject"]
+    [trigger] = scaled["spec"]["triggers"]
+    [config] = [
+        v for (k, n), v in data.items() if k == "ConfigMap" and n.startswith("heatmap-config-")
+    ]
+    assert trigger["metadata"]["bootstrapServers"] == config["HEATMAP_KAFKA_BOOTSTRAP"]
+    assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    [auth] = [d for d in docs if d["kind"] == "TriggerAuthentication"]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    refs = {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password", "ca"}
+    for ref in refs.values():
+        assert ref["key"] in data[("Secret", ref["name"])]
