@@ -1,10 +1,18 @@
 """Bearer-JWT authentication and per-method permissions, shared by both servers.
 
-``Authenticator`` verifies a token (HS256 with ``HEATMAP_JWT_SECRET``, or
-RS256/ES256 with a configured public key; ``exp`` and ``sub`` required) and
-returns the caller as a ``Principal``. ``authorize`` checks the permission a
-method needs. ``heatmap.grpc_server`` calls both before every handler and puts
-the principal where ``current_principal()`` finds it.
+``Authenticator`` verifies a token (HS256 with ``HEATMAP_JWT_SECRET``;
+RS256/ES256 with a configured public key, or with the key a JWKS URL names
+by the token's ``kid``; ``exp`` and ``sub`` required) and returns the caller
+as a ``Principal``. ``authorize`` checks the permission a method needs.
+``heatmap.grpc_server`` calls both before every handler and puts the
+principal where ``current_principal()`` finds it.
+
+Deny by default: a method is served only if it is in ``METHOD_PERMISSIONS``
+(then it needs a valid token and the permission named there) or in
+``ANONYMOUS_METHODS`` (health and reflection: load balancers and grpcurl
+reach them without a token). Anything else, streaming or unary, answers
+UNAUTHENTICATED without a valid token and PERMISSION_DENIED with one (a
+method no servicer implements: UNIMPLEMENTED, once the token is valid).
 """
 
 from __future__ import annotations
@@ -13,18 +21,20 @@ import contextvars
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
 from heatmap.errors import PermissionDenied, Unauthenticated
+from heatmap.jwks import JwksKeys
+from heatmap.reflection import METHODS as REFLECTION_METHODS
 from heatmap.settings import AuthSettings
 
 VIEW_HEATMAPS = "VIEW_HEATMAPS"
 MANAGE_HEATMAPS = "MANAGE_HEATMAPS"
 
 _SERVICE = "/heatmap.v1.HeatmapService/"
-# None: any authenticated caller. Methods not listed (health, reflection)
-# need no token: load balancers and grpcurl must reach them.
+# None: any authenticated caller. A method missing here is not served.
 METHOD_PERMISSIONS: Mapping[str, str | None] = {
     _SERVICE + "IngestTouchEvents": None,
     _SERVICE + "QueryHeatmapData": VIEW_HEATMAPS,
@@ -33,6 +43,9 @@ METHOD_PERMISSIONS: Mapping[str, str | None] = {
     _SERVICE + "RenderHeatmap": VIEW_HEATMAPS,
     _SERVICE + "UploadScreenshot": MANAGE_HEATMAPS,
 }
+ANONYMOUS_METHODS: frozenset[str] = frozenset(
+    {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", *REFLECTION_METHODS}
+)
 
 
 @dataclass(frozen=True)
@@ -67,24 +80,64 @@ class Authenticator:
             if settings.jwt_public_key and settings.jwt_public_key.lstrip().startswith("{")
             else settings.jwt_public_key
         )
+        self._jwks = (
+            JwksKeys(
+                settings.jwt_jwks_url, settings.jwt_jwks_lifespan_s, settings.jwt_jwks_cooldown_s
+            )
+            if settings.jwt_jwks_url
+            else None
+        )
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        """The caller; a JWKS key not cached yet is fetched here (blocking)."""
+        token, alg, kid = self._header(metadata)
+        if kid is not None:
+            assert self._jwks is not None
+            return self._verify(token, self._jwks.get_blocking(kid), alg)
+        return self._verify(token, self._static_key(alg), alg)
+
+    async def authenticate_async(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Principal:
+        """The caller, without blocking the event loop on a JWKS fetch."""
+        token, alg, kid = self._header(metadata)
+        if kid is not None:
+            assert self._jwks is not None
+            return self._verify(token, await self._jwks.get(kid), alg)
+        return self._verify(token, self._static_key(alg), alg)
+
+    def _header(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> tuple[str, str, str | None]:
+        """(token, alg, the kid to look up in the JWKS or None for a configured key)."""
         token = _bearer_token(metadata)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
             raise Unauthenticated(f"malformed token: {e}") from e
         alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._settings.jwt_algorithms:
+            raise Unauthenticated(f"token algorithm {str(alg)[:16]!r} is not accepted")
+        kid = header.get("kid")
+        if alg in self._public_algs and self._jwks is not None:
+            if isinstance(kid, str) and kid and len(kid) <= 256:
+                return token, alg, kid
+            if not self._public_key:
+                raise Unauthenticated("token has no 'kid' naming a key of the identity provider")
+        return token, alg, None
+
+    def _static_key(self, alg: str) -> Any:
         if alg in self._hmac_algs and self._settings.jwt_secret:
-            key: object = self._settings.jwt_secret
-        elif alg in self._public_algs and self._public_key:
-            key = self._public_key
-        else:
-            raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+            return self._settings.jwt_secret
+        if alg in self._public_algs and self._public_key:
+            return self._public_key
+        raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
+
+    def _verify(self, token: str, key: Any, alg: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,
-                key,  # type: ignore[arg-type]
+                key,
                 algorithms=[alg],
                 audience=self._settings.jwt_audience,
                 issuer=self._settings.jwt_issuer,
@@ -104,13 +157,16 @@ class Authenticator:
 
 
 def authorize(principal: Principal, method: str) -> None:
-    needed = METHOD_PERMISSIONS.get(method)
+    """Deny by default: only methods in the permission table are served."""
+    if method not in METHOD_PERMISSIONS:
+        raise PermissionDenied("this method is not served to callers")
+    needed = METHOD_PERMISSIONS[method]
     if needed is not None and needed not in principal.permissions:
         raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} requires {needed}")
 
 
-def is_protected(method: str) -> bool:
-    return method in METHOD_PERMISSIONS
+def needs_no_token(method: str) -> bool:
+    return method in ANONYMOUS_METHODS
 
 
 def mint_token(

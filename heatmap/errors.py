@@ -80,6 +80,16 @@ class DeadlineExceeded(HeatmapError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class InternalError(HeatmapError):
+    """A bug or a broken deployment: not retryable; the message carries no internals."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Unimplemented(HeatmapError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 def to_rpc_status(error: HeatmapError) -> status_pb2.Status:
     """The google.rpc.Status for ``error``, bounded, with BadRequest details if any."""
     message = clip(str(error), MAX_MESSAGE_BYTES)

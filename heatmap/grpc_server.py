@@ -1,11 +1,14 @@
 """gRPC server scaffolding shared by the gateway and the query service.
 
-``ServiceInterceptor`` runs around every HeatmapService handler: it
+``ServiceInterceptor`` runs around every handler: it serves health and
+reflection as they are, and every other method only if ``heatmap.auth``
+lists it (deny by default; see there for the codes). For those it
 authenticates the bearer token, checks the method's permission, exposes the
 caller through ``heatmap.auth.current_principal()``, maps domain errors to
 gRPC status (one place), and records latency metrics. ``new_server`` builds a
-``grpc.aio`` server with health and reflection registered; ``serve_forever``
-runs it until SIGTERM/SIGINT and drains in-flight calls.
+``grpc.aio`` server with health and reflection (v1 and v1alpha) registered
+and a cap on concurrent calls; ``serve_forever`` runs it until
+SIGTERM/SIGINT and drains in-flight calls.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from heatmap.auth import Authenticator, authorize, is_protected, reset_principal, set_principal
-from heatmap.errors import HeatmapError, to_rpc_status
+from heatmap.auth import (
+    METHOD_PERMISSIONS,
+    Authenticator,
+    authorize,
+    needs_no_token,
+    reset_principal,
+    set_principal,
+)
+from heatmap.errors import HeatmapError, PermissionDenied, Unimplemented, to_rpc_status
+from heatmap.reflection import enable_reflection
 from schemas.heatmap.v1 import heatmap_pb2
 
 logger = logging.getLogger(__name__)
@@ -34,6 +44,9 @@ SERVICE_NAME = heatmap_pb2.DESCRIPTOR.services_by_name["HeatmapService"].full_na
 # answer at all. Readiness ("" and SERVICE_NAME) also drops while a backing
 # system is down, and restarting a pod does not bring Kafka back.
 LIVENESS = "liveness"
+# Metric label for every method outside the permission table: the method
+# name comes from the client, and each label value is a new time series.
+UNLISTED = "unlisted"
 
 
 class RpcMetrics:
@@ -68,15 +81,34 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or handler.unary_unary is None or not is_protected(method):
+        handler = await continuation(handler_call_details)
+        if needs_no_token(method):
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler is not None and handler.unary_unary is not None and method in METHOD_PERMISSIONS:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return self._refuse(exists=handler is not None)
+
+    def _refuse(self, exists: bool) -> grpc.RpcMethodHandler:
+        """A handler that only says why not, for any call shape (it reads no message)."""
+        metrics = self._metrics
+
+        async def behavior(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            try:
+                await self._auth.authenticate_async(context.invocation_metadata())
+                if not exists:
+                    raise Unimplemented("no such method")
+                raise PermissionDenied("this method is not served to callers")
+            except HeatmapError as e:
+                if metrics:
+                    metrics.errors.labels(UNLISTED, e.code.name).inc()
+                await context.abort_with_status(rpc_status.to_status(to_rpc_status(e)))
+
+        return grpc.stream_stream_rpc_method_handler(behavior)
 
     def _wrap(
         self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -90,7 +122,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             if metrics:
                 metrics.in_flight.labels(short).inc()
             try:
-                principal = self._auth.authenticate(context.invocation_metadata())
+                principal = await self._auth.authenticate_async(context.invocation_metadata())
                 authorize(principal, method)
                 token = set_principal(principal)
                 try:
@@ -127,10 +159,16 @@ def new_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor],
     max_message_bytes: int,
     register: Sequence[Callable[[grpc.aio.Server], None]],
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A grpc.aio server with health and reflection; call ``init_health`` before starting it."""
+    """A grpc.aio server with health and reflection; call ``init_health`` before starting it.
+
+    Beyond ``max_concurrent_rpcs`` calls in progress, gRPC itself answers
+    RESOURCE_EXHAUSTED before any handler (or the interceptor) runs.
+    """
     server = grpc.aio.server(
         interceptors=list(interceptors),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -142,9 +180,7 @@ def new_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     return server, health_servicer
 
 

@@ -70,6 +70,7 @@ async def serve(
         server, health = new_server(
             interceptors=[ServiceInterceptor(Authenticator(settings.auth), RpcMetrics(registry))],
             max_message_bytes=settings.server.max_message_bytes,
+            max_concurrent_rpcs=settings.server.max_concurrent_rpcs,
             register=[lambda s: s.add_generic_rpc_handlers(handlers)] if handlers else [],
         )
         bound = bind(

@@ -16,7 +16,7 @@ from heatmap.auth import (
     mint_token,
 )
 from heatmap.errors import PermissionDenied, Unauthenticated
-from heatmap.settings import AuthSettings
+from heatmap.settings import AuthSettings, Settings, SettingsError
 
 SECRET = "unit-test-secret-0123456789-0123456789"
 SERVICE = "/heatmap.v1.HeatmapService/"
@@ -133,3 +133,36 @@ def test_authorize_per_method() -> None:
         authorize(device, SERVICE + "ListScreenshots")
     with pytest.raises(PermissionDenied, match=MANAGE_HEATMAPS):
         authorize(viewer, SERVICE + "UploadScreenshot")
+
+
+def test_settings_read_the_jwks_variables() -> None:
+    env = {
+        "HEATMAP_JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json",
+        "HEATMAP_JWT_JWKS_LIFESPAN_S": "600",
+        "HEATMAP_JWT_JWKS_COOLDOWN_S": "0",
+    }
+    settings = Settings.from_env(env)
+    settings.require_auth()
+    assert settings.auth.jwt_jwks_url == env["HEATMAP_JWT_JWKS_URL"]
+    assert settings.auth.jwt_algorithms == ("RS256", "ES256")
+    assert (settings.auth.jwt_jwks_lifespan_s, settings.auth.jwt_jwks_cooldown_s) == (600.0, 0.0)
+    for name, bad in [("JWT_JWKS_URL", "ftp://idp"), ("JWT_JWKS_LIFESPAN_S", "0")]:
+        with pytest.raises(SettingsError, match="HEATMAP_" + name):
+            Settings.from_env({**env, "HEATMAP_" + name: bad})
+
+
+def test_jwks_token_without_kid_is_unauthenticated() -> None:
+    auth = Authenticator(
+        AuthSettings(jwt_jwks_url="http://127.0.0.1:9/jwks", jwt_algorithms=("RS256",))
+    )
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, private, algorithm="RS256")
+    with pytest.raises(Unauthenticated, match="kid"):
+        auth.authenticate(bearer(token))
+
+
+def test_only_listed_methods_are_authorized() -> None:
+    root = Principal("root", frozenset({VIEW_HEATMAPS, MANAGE_HEATMAPS}))
+    for method in (SERVICE + "Unlisted", "/grpc.health.v1.Health/Check", ""):
+        with pytest.raises(PermissionDenied):
+            authorize(root, method)
