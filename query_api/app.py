@@ -20,16 +20,14 @@ from typing import Any, TypeVar
 
 import grpc
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import current_principal
 from heatmap.clickhouse import ClickHouseUnavailable, connect
 from heatmap.errors import (
-    DeadlineExceeded,
     FieldViolation,
-    HeatmapError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -37,6 +35,7 @@ from heatmap.errors import (
 )
 from heatmap.settings import Settings
 from query_api import heatmap_query, render
+from query_api.clickhouse_errors import clickhouse_error
 from query_api.metrics import QueryMetrics
 from query_api.png_check import check_png
 from query_api.screenshots import (
@@ -189,10 +188,8 @@ class QueryService:
                 parameters=plan.parameters,
                 settings={"max_execution_time": _time_budget(self._settings, context)},
             )
-        except DatabaseError as e:
-            raise _clickhouse_error(e) from e
-        except (OperationalError, OSError) as e:
-            raise Unavailable(f"ClickHouse unavailable: {e}") from e
+        except (DatabaseError, OSError) as e:
+            raise clickhouse_error(e) from e
         finally:
             self._metrics.clickhouse_seconds.labels(plan.table).observe(
                 time.perf_counter() - started
@@ -340,17 +337,3 @@ def _check_screen_name(screen_name: str) -> None:
                 )
             ]
         )
-
-
-def _clickhouse_error(e: DatabaseError) -> HeatmapError:
-    text = str(e)
-    if "Code: 159." in text or "TIMEOUT_EXCEEDED" in text:
-        return DeadlineExceeded(
-            "the query took longer than the configured ClickHouse max_execution_time; "
-            "narrow it (time range, campaign, event types) or use a smaller grid_size"
-        )
-    if "Code: 241." in text or "MEMORY_LIMIT_EXCEEDED" in text:
-        return ResourceExhausted("the query needs more memory than ClickHouse allows")
-    if "Code: 210." in text or "NETWORK_ERROR" in text or "Code: 209." in text:
-        return Unavailable(f"ClickHouse unavailable: {e}")
-    return Unavailable(f"ClickHouse refused the query: {e}")

@@ -132,16 +132,3 @@ def test_all_users_points_encoded_like_protobuf_does() -> None:
     )
     empty = build_response(spec, [[], []], 10)
     assert (len(empty.data_points), empty.total_count) == (0, 0)
-
-
-def test_clickhouse_errors_map_to_retryable_or_deadline_codes() -> None:
-    from clickhouse_connect.driver.exceptions import DatabaseError
-
-    from heatmap.errors import DeadlineExceeded, Unavailable
-    from query_api.app import _clickhouse_error
-
-    timeout = DatabaseError("Code: 159. DB::Exception: Timeout exceeded: elapsed 10.0 s")
-    assert isinstance(_clickhouse_error(timeout), DeadlineExceeded)
-    memory = DatabaseError("Code: 241. DB::Exception: Memory limit (MEMORY_LIMIT_EXCEEDED)")
-    assert isinstance(_clickhouse_error(memory), ResourceExhausted)
-    assert isinstance(_clickhouse_error(DatabaseError("Code: 210. NETWORK_ERROR")), Unavailable)
