@@ -6,7 +6,9 @@ backdrops), both given or built in ``start()``. Authentication, permissions
 mapping and per-method latency are the shared interceptor's
 (``heatmap.grpc_server``); handlers raise ``heatmap.errors`` exceptions.
 Blocking work (ClickHouse calls, the object store, PNG decoding, rendering)
-runs in worker threads so the event loop keeps serving.
+runs in worker threads so the event loop keeps serving; image decodes and
+renders go through one ``backdrops.DecodeGate`` (HEATMAP_RENDER_MAX_CONCURRENT
+at once), so their memory is bounded whatever the number of callers.
 """
 
 from __future__ import annotations
@@ -34,10 +36,10 @@ from heatmap.errors import (
     Unavailable,
 )
 from heatmap.settings import Settings
-from query_api import heatmap_query, render
+from query_api import backdrops, heatmap_query, render
 from query_api.clickhouse_errors import clickhouse_error
 from query_api.metrics import QueryMetrics
-from query_api.png_check import check_png
+from query_api.png_check import PngInfo, check_header, decode_png
 from query_api.screenshots import (
     FileScreenshotStore,
     S3ScreenshotStore,
@@ -72,6 +74,8 @@ class QueryService:
         self._store = screenshots
         self._owns_store = screenshots is None
         self._running = False
+        self._images = backdrops.DecodeGate(settings.query.render_max_concurrent)
+        self._deriving: dict[str, asyncio.Future[bytes | None]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -225,12 +229,19 @@ class QueryService:
     ) -> heatmap_pb2.UploadScreenshotResponse:
         _check_screen_name(request.screen_name)
         data = request.image_data
-        info = await asyncio.to_thread(check_png, data, request.width, request.height)
+        check_header(data)  # hostile input is turned away before it waits for an image slot
+        info, backdrop = await self._images.run(
+            _validate_and_derive,
+            data,
+            request.width,
+            request.height,
+            max_wait_s=_remaining(context),
+        )
         store = self.store
         candidate = Screenshot.new(
             request.screen_name, data, info.width, info.height, current_principal().user_id
         )
-        stored = await self._store_call("put", store.put, candidate, data)
+        stored = await self._store_call("put", store.put, candidate, data, backdrop)
         self._metrics.uploads.labels("stored" if stored is candidate else "duplicate").inc()
         return heatmap_pb2.UploadScreenshotResponse(
             screenshot=stored.to_proto(store.download_url(stored))
@@ -268,8 +279,10 @@ class QueryService:
                 ]
             )
         data = await self.query(request.query, field="query", context=context)
-        backdrop_bytes = await self._backdrop(request.query.screen_name, request.screenshot_id)
-        rendered = await asyncio.to_thread(_render, data, backdrop_bytes, request.width)
+        backdrop = await self._backdrop(request.query.screen_name, request.screenshot_id, context)
+        rendered = await self._images.run(
+            _render, data, backdrop, request.width, max_wait_s=_remaining(context)
+        )
         if len(rendered.png) > self._settings.server.max_message_bytes - 1024:
             raise ResourceExhausted(
                 f"the rendered PNG ({len(rendered.png)} bytes) exceeds the message limit; "
@@ -279,43 +292,108 @@ class QueryService:
             png=rendered.png, width=rendered.width, height=rendered.height
         )
 
-    async def _backdrop(self, screen_name: str, shot_id: str) -> bytes | None:
+    async def _backdrop(
+        self, screen_name: str, shot_id: str, context: grpc.aio.ServicerContext
+    ) -> _Backdrop | None:
+        """What to draw on (the named or newest screenshot), or None for a blank canvas."""
         store = self.store
         if shot_id:
-            found = await self._store_call("read", store.read, shot_id)
-            if found is None:
-                raise NotFound(f"screenshot {shot_id!r} not found")
-            return found[1]
-        shots = await self._store_call("list", store.list, screen_name)
+            named = await self._store_call("get", store.get, shot_id)
+            shots = [named] if named is not None else []
+        else:
+            shots = await self._store_call("list", store.list, screen_name)
         for shot in shots:  # newest first; skip one deleted under our feet
-            found = await self._store_call("read", store.read, shot.screenshot_id)
-            if found is not None:
-                return found[1]
+            png = await self._backdrop_png(shot, context)
+            if png is not None:
+                return png, (shot.width, shot.height)
+        if shot_id:
+            raise NotFound(f"screenshot {shot_id!r} not found")
         return None
+
+    async def _backdrop_png(
+        self, shot: Screenshot, context: grpc.aio.ServicerContext
+    ) -> bytes | None:
+        store = self.store
+        if not backdrops.needs_backdrop(shot.width, shot.height):
+            return await self._store_call("read", store.read_image, shot.screenshot_id)
+        png = await self._store_call("read", store.read_backdrop, shot.screenshot_id)
+        if png is not None:
+            return png
+        # Stored before backdrops existed: derive once (concurrent renders share
+        # the one derivation; shielded, so one caller giving up does not stop it).
+        shot_id = shot.screenshot_id
+        job = self._deriving.get(shot_id)
+        if job is None:
+            job = asyncio.ensure_future(self._derive_backdrop(shot_id, _remaining(context)))
+            self._deriving[shot_id] = job
+            job.add_done_callback(lambda done: _forget(self._deriving, shot_id, done))
+        return await asyncio.shield(job)
+
+    async def _derive_backdrop(self, shot_id: str, max_wait_s: float | None) -> bytes | None:
+        store = self.store
+        original = await self._store_call("read", store.read_image, shot_id)
+        if original is None:
+            return None
+        png = await self._images.run(backdrops.derive_from_png, original, max_wait_s=max_wait_s)
+        try:
+            await self._store_call("put_backdrop", store.put_backdrop, shot_id, png)
+        except Unavailable as e:  # the render can go on; the next one derives again
+            logger.warning("could not store the backdrop of %s: %s", shot_id, e)
+        return png
+
+
+_Backdrop = tuple[bytes, tuple[int, int]]  # (PNG to draw on, the screenshot's own size)
+
+
+def _forget(
+    jobs: dict[str, asyncio.Future[bytes | None]], key: str, done: asyncio.Future[bytes | None]
+) -> None:
+    jobs.pop(key, None)
+    if not done.cancelled():
+        done.exception()  # retrieved: every waiter may have given up
+
+
+def _remaining(context: grpc.aio.ServicerContext | None) -> float | None:
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else max(0.0, float(remaining))
+
+
+def _validate_and_derive(data: bytes, width: int, height: int) -> tuple[PngInfo, bytes | None]:
+    """The upload's one full decode: validity, and the backdrop if it needs one."""
+    with decode_png(data, width, height) as image:
+        info = PngInfo(image.width, image.height)
+        if not backdrops.needs_backdrop(image.width, image.height):
+            return info, None
+        return info, backdrops.derive(image)
 
 
 def _render(
-    data: heatmap_pb2.QueryHeatmapDataResponse, backdrop_bytes: bytes | None, width: int
+    data: heatmap_pb2.QueryHeatmapDataResponse, backdrop: _Backdrop | None, width: int
 ) -> render.Rendered:
-    points = data.data_points
-    if backdrop_bytes is None:
-        backdrop = None
-    else:
-        backdrop = Image.open(io.BytesIO(backdrop_bytes), formats=["PNG"])
-        backdrop.load()
-    out_w, out_h = render.output_size(width, backdrop)
+    source = backdrop[1] if backdrop is not None else None
+    out_w, out_h = render.output_size(width, source)
     if out_w > render.MAX_WIDTH or out_w * out_h > render.MAX_OUTPUT_PIXELS:
         raise InvalidArgument(
             [FieldViolation("width", f"output {out_w}x{out_h} is larger than allowed")]
         )
-    return render.render(
-        data.grid_size,
-        [p.x for p in points],
-        [p.y for p in points],
-        [p.count for p in points],
-        backdrop,
-        width,
-    )
+    image = None
+    if backdrop is not None:
+        image = Image.open(io.BytesIO(backdrop[0]), formats=["PNG"])
+        image.load()
+    points = data.data_points
+    try:
+        return render.render(
+            data.grid_size,
+            [p.x for p in points],
+            [p.y for p in points],
+            [p.count for p in points],
+            image,
+            width,
+            source_size=source,
+        )
+    finally:
+        if image is not None:
+            image.close()
 
 
 def _time_budget(settings: Settings, context: grpc.aio.ServicerContext | None) -> float:

@@ -38,15 +38,17 @@ def header_size(data: bytes) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def check_png(
+def check_header(
     data: bytes,
-    width: int,
-    height: int,
     *,
     max_bytes: int = MAX_PNG_BYTES,
     max_pixels: int = MAX_PNG_PIXELS,
 ) -> PngInfo:
-    """The PNG's size if ``data`` is a valid PNG of ``width`` x ``height``; else InvalidArgument."""
+    """The size the PNG header declares, after the checks that need no decoding.
+
+    Cheap enough to run before waiting for a decode slot, so hostile input
+    (bombs, non-PNGs, oversized files) never occupies one.
+    """
     if not data:
         raise InvalidArgument([FieldViolation(FIELD, "is empty: a PNG image is required")])
     if len(data) > max_bytes:
@@ -68,14 +70,35 @@ def check_png(
                 )
             ]
         )
+    return PngInfo(png_w, png_h)
+
+
+def decode_png(
+    data: bytes,
+    width: int,
+    height: int,
+    *,
+    max_bytes: int = MAX_PNG_BYTES,
+    max_pixels: int = MAX_PNG_PIXELS,
+) -> Image.Image:
+    """The decoded image if ``data`` is a valid PNG of ``width`` x ``height``; else InvalidArgument.
+
+    The caller owns (and closes) the image: the one full decode an upload
+    costs is reused to derive the render backdrop.
+    """
+    info = check_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    png_w, png_h = info.width, info.height
+    image: Image.Image | None = None
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            image.verify()  # chunk CRCs and structure, without decoding pixels
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
-            if image.size != (png_w, png_h):
-                raise InvalidArgument([FieldViolation(FIELD, "PNG header is inconsistent")])
-            image.load()  # a real decode: truncated or corrupt data fails here
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as probe:
+            probe.verify()  # chunk CRCs and structure, without decoding pixels
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+        if image.size != (png_w, png_h):
+            raise InvalidArgument([FieldViolation(FIELD, "PNG header is inconsistent")])
+        image.load()  # a real decode: truncated or corrupt data fails here
     except InvalidArgument:
+        if image is not None:
+            image.close()
         raise
     except (
         UnidentifiedImageError,
@@ -84,6 +107,8 @@ def check_png(
         ValueError,
         Image.DecompressionBombError,
     ) as e:
+        if image is not None:
+            image.close()
         raise InvalidArgument([FieldViolation(FIELD, f"is not a valid PNG: {e}")]) from e
     violations = []
     if width != png_w:
@@ -91,5 +116,19 @@ def check_png(
     if height != png_h:
         violations.append(FieldViolation("height", f"is {height}; the PNG is {png_h} high"))
     if violations:
+        image.close()
         raise InvalidArgument(violations)
-    return PngInfo(png_w, png_h)
+    return image
+
+
+def check_png(
+    data: bytes,
+    width: int,
+    height: int,
+    *,
+    max_bytes: int = MAX_PNG_BYTES,
+    max_pixels: int = MAX_PNG_PIXELS,
+) -> PngInfo:
+    """The PNG's size if ``data`` is a valid PNG of ``width`` x ``height``; else InvalidArgument."""
+    with decode_png(data, width, height, max_bytes=max_bytes, max_pixels=max_pixels) as image:
+        return PngInfo(image.width, image.height)

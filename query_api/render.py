@@ -28,6 +28,7 @@ MAX_OUTPUT_PIXELS = 8_000_000  # keeps the PNG well inside the gRPC message limi
 MIN_ALPHA = 0.3
 MAX_ALPHA = 0.75
 _CUTOFF = 0.02  # density below this share of the peak is not drawn
+_BAND_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,23 @@ def smooth(density: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return both
 
 
-def output_size(width: int, backdrop: Image.Image | None) -> tuple[int, int]:
-    """(width, height): the width asked, backdrop aspect kept.
+def output_size(width: int, source: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height): the width asked, the source screenshot's aspect kept.
 
-    Width 0 means the backdrop's own width (512 without one), scaled down if
-    needed to stay within MAX_WIDTH and MAX_OUTPUT_PIXELS. An explicit width
-    is taken as asked; callers reject sizes over the limits.
+    ``source`` is the screenshot's own (width, height), not that of the
+    downscaled backdrop drawn from. Width 0 means the screenshot's width
+    (512 without one), scaled down if needed to stay within MAX_WIDTH and
+    MAX_OUTPUT_PIXELS. An explicit width is taken as asked; callers reject
+    sizes over the limits.
     """
-    if backdrop is None:
+    if source is None:
         w = width or DEFAULT_WIDTH
         return w, w
-    aspect = backdrop.height / backdrop.width
+    source_w, source_h = source
+    aspect = source_h / source_w
     if width:
         return width, max(1, round(width * aspect))
-    w = min(backdrop.width, MAX_WIDTH, max(1, int((MAX_OUTPUT_PIXELS / aspect) ** 0.5)))
+    w = min(source_w, MAX_WIDTH, max(1, int((MAX_OUTPUT_PIXELS / aspect) ** 0.5)))
     return w, max(1, round(w * aspect))
 
 
@@ -115,6 +119,45 @@ def _draw_legend(image: Image.Image, max_count: int) -> None:
     draw.text((bar_right - text_w, bar_bottom + 2), label, fill=(0, 0, 0, 255), font=font)
 
 
+def _base(backdrop: Image.Image | None, size: tuple[int, int]) -> Image.Image:
+    if backdrop is None:
+        return Image.new("RGBA", size, (245, 245, 245, 255))
+    if backdrop.mode in ("RGBA", "LA", "PA") or "transparency" in backdrop.info:
+        # Resampled premultiplied (Pillow does so for RGBA), as before.
+        return backdrop.convert("RGBA").resize(size, Image.Resampling.LANCZOS)
+    # Opaque: resample in RGB, then widen only the result to RGBA.
+    return backdrop.convert("RGB").resize(size, Image.Resampling.LANCZOS).convert("RGBA")
+
+
+def _overlay(base: Image.Image, raw: npt.NDArray[np.float64]) -> None:
+    """Composite the coloured density onto ``base`` in place, a band of rows at a time.
+
+    Banding keeps the float temporaries (several bytes per output pixel each)
+    at about ``_BAND_PIXELS`` instead of the whole image: the render's peak
+    memory is the base image and little else. Each band is resampled from the
+    whole density field with a ``box`` in source coordinates, and Pillow
+    clamps the filter to the full field, so bands join seamlessly: the result
+    equals one resize of the whole field.
+    """
+    out_w, out_h = base.size
+    grid = raw.shape[0]
+    smoothed = smooth(raw)
+    field = Image.fromarray((smoothed / float(smoothed.max())).astype(np.float32), mode="F")
+    rows_per_band = max(1, _BAND_PIXELS // out_w)
+    for top in range(0, out_h, rows_per_band):
+        rows = min(rows_per_band, out_h - top)
+        box = (0.0, top * grid / out_h, float(grid), (top + rows) * grid / out_h)
+        scaled = np.asarray(field.resize((out_w, rows), Image.Resampling.BILINEAR, box=box))
+        scaled = np.clip(scaled, 0.0, 1.0)
+        rgba = np.empty((rows, out_w, 4), dtype=np.uint8)
+        rgba[..., :3] = VIRIDIS[np.rint(scaled * 255).astype(np.intp)]
+        alpha = np.where(
+            scaled < _CUTOFF, 0.0, MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * np.sqrt(scaled)
+        )
+        rgba[..., 3] = np.rint(alpha * 255).astype(np.uint8)
+        base.alpha_composite(Image.fromarray(rgba, mode="RGBA"), dest=(0, top))
+
+
 def render(
     grid: int,
     xs: Sequence[float],
@@ -122,29 +165,25 @@ def render(
     counts: Sequence[int],
     backdrop: Image.Image | None,
     width: int = 0,
+    source_size: tuple[int, int] | None = None,
 ) -> Rendered:
-    """The heatmap of the given cells over ``backdrop`` (or a blank canvas) as PNG."""
-    out_w, out_h = output_size(width, backdrop)
-    if backdrop is None:
-        base = Image.new("RGBA", (out_w, out_h), (245, 245, 245, 255))
-    else:
-        base = backdrop.convert("RGBA").resize((out_w, out_h), Image.Resampling.LANCZOS)
+    """The heatmap of the given cells over ``backdrop`` (or a blank canvas) as PNG.
+
+    ``source_size`` is the screenshot's own size when ``backdrop`` is its
+    downscaled copy (defaults to the backdrop's size): it fixes the aspect
+    ratio and what width 0 means.
+    """
+    if backdrop is not None and source_size is None:
+        source_size = backdrop.size
+    out_w, out_h = output_size(width, source_size)
+    base = _base(backdrop, (out_w, out_h))
     raw = density_grid(grid, xs, ys, counts)
     max_count = int(raw.max()) if raw.size else 0
     if max_count > 0:
-        smoothed = smooth(raw)
-        peak = float(smoothed.max())
-        field = Image.fromarray((smoothed / peak).astype(np.float32), mode="F")
-        scaled = np.asarray(field.resize((out_w, out_h), Image.Resampling.BILINEAR))
-        scaled = np.clip(scaled, 0.0, 1.0)
-        rgba = np.empty((out_h, out_w, 4), dtype=np.uint8)
-        rgba[..., :3] = VIRIDIS[np.rint(scaled * 255).astype(np.intp)]
-        alpha = np.where(
-            scaled < _CUTOFF, 0.0, MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * np.sqrt(scaled)
-        )
-        rgba[..., 3] = np.rint(alpha * 255).astype(np.uint8)
-        base = Image.alpha_composite(base, Image.fromarray(rgba, mode="RGBA"))
+        _overlay(base, raw)
     _draw_legend(base, max_count)
+    rgb = base.convert("RGB")
+    base.close()
     buffer = io.BytesIO()
-    base.convert("RGB").save(buffer, format="PNG", optimize=False, compress_level=6)
+    rgb.save(buffer, format="PNG", optimize=False, compress_level=6)
     return Rendered(png=buffer.getvalue(), width=out_w, height=out_h)

@@ -3,8 +3,9 @@
 Layout (identical in S3 and on the filesystem, so the object store alone is
 the source of truth; no database holds screenshot metadata):
 
-    screens/<screen_key>/<screenshot_id>.png   the PNG bytes
-    screens/<screen_key>/<screenshot_id>.json  ScreenScreenshot fields (written last)
+    screens/<screen_key>/<screenshot_id>.png           the PNG bytes, as uploaded
+    screens/<screen_key>/<screenshot_id>.backdrop.png  downscaled copy renders draw on
+    screens/<screen_key>/<screenshot_id>.json          ScreenScreenshot fields (written last)
 
 ``screen_key`` is the first 16 hex digits of sha256(screen_name), so any
 screen name is a safe key. ``screenshot_id`` = screen_key + 16 hex digits of
@@ -12,6 +13,11 @@ sha256(screen_name NUL sha256(bytes)): deterministic, so identical bytes for
 the same screen map to the same object and the upload returns the existing
 screenshot; and the id alone locates the objects (GetScreenshot needs no
 index). The JSON is written after the PNG: a listed screenshot is complete.
+
+The backdrop exists only for screenshots larger than any render needs
+(``query_api.backdrops``); a screenshot stored before backdrops existed gets
+one the first time it is rendered. Its name does not end in ``.json``, so
+listings never see it, and downloads keep returning the original.
 """
 
 from __future__ import annotations
@@ -59,6 +65,11 @@ def object_names(shot_id: str) -> tuple[str, str]:
     """(png, json) object names for an id (which must be valid)."""
     base = f"screens/{shot_id[:16]}/{shot_id}"
     return base + ".png", base + ".json"
+
+
+def backdrop_name(shot_id: str) -> str:
+    """The downscaled backdrop's object name for an id (which must be valid)."""
+    return f"screens/{shot_id[:16]}/{shot_id}.backdrop.png"
 
 
 @dataclass(frozen=True)
@@ -125,12 +136,20 @@ class ScreenshotStore(Protocol):
     def ensure_ready(self) -> None:
         """Create the bucket/directory if missing."""
 
-    def put(self, shot: Screenshot, data: bytes) -> Screenshot:
-        """Store ``shot``; if the same id exists already, return the stored one unchanged."""
+    def put(self, shot: Screenshot, data: bytes, backdrop: bytes | None = None) -> Screenshot:
+        """Store ``shot`` (and its backdrop); if the id exists already, return the stored one."""
 
     def get(self, shot_id: str) -> Screenshot | None: ...
 
     def read(self, shot_id: str) -> tuple[Screenshot, bytes] | None: ...
+
+    def read_image(self, shot_id: str) -> bytes | None:
+        """The original PNG bytes, without the metadata."""
+
+    def read_backdrop(self, shot_id: str) -> bytes | None:
+        """The downscaled backdrop, or None if none is stored."""
+
+    def put_backdrop(self, shot_id: str, data: bytes) -> None: ...
 
     def list(self, screen_name: str) -> list[Screenshot]:
         """Screenshots of ``screen_name``, newest first."""
@@ -168,14 +187,27 @@ class _ObjectLayout:
         raw = self._read(object_names(shot_id)[1])
         return Screenshot.from_json(raw) if raw is not None else None
 
-    def put(self, shot: Screenshot, data: bytes) -> Screenshot:
+    def put(self, shot: Screenshot, data: bytes, backdrop: bytes | None = None) -> Screenshot:
         existing = self.get(shot.screenshot_id)
         if existing is not None:
             return existing
         png_name, json_name = object_names(shot.screenshot_id)
         self._write(png_name, data, CONTENT_TYPE)
+        if backdrop is not None:
+            self._write(backdrop_name(shot.screenshot_id), backdrop, CONTENT_TYPE)
         self._write(json_name, shot.to_json(), "application/json")  # last: see module doc
         return shot
+
+    def read_image(self, shot_id: str) -> bytes | None:
+        return self._read(object_names(shot_id)[0]) if is_valid_id(shot_id) else None
+
+    def read_backdrop(self, shot_id: str) -> bytes | None:
+        return self._read(backdrop_name(shot_id)) if is_valid_id(shot_id) else None
+
+    def put_backdrop(self, shot_id: str, data: bytes) -> None:
+        if not is_valid_id(shot_id):
+            raise ValueError(f"not a screenshot id: {shot_id!r}")
+        self._write(backdrop_name(shot_id), data, CONTENT_TYPE)
 
     def read(self, shot_id: str) -> tuple[Screenshot, bytes] | None:
         shot = self.get(shot_id)

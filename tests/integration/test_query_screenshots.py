@@ -14,14 +14,17 @@ import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS
 from heatmap.localinfra.seaweedfs import SeaweedS3
 from heatmap.settings import ClickHouseSettings, S3Settings, Settings
 from query_api import render_cli
+from query_api.backdrops import backdrop_size
 from query_api.colormap import VIRIDIS
 from query_api.png_check import MAX_PNG_BYTES
 from query_api.render import legend_box
+from query_api.screenshots import Screenshot
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.integration.test_query_heatmap import H10, Ev, insert_events, md, query_api
@@ -269,3 +272,73 @@ async def test_object_store_down_is_unavailable(
                 assert time.monotonic() - started < 10
     finally:
         server.stop()
+
+
+async def test_large_screenshot_renders_from_its_backdrop_and_downloads_as_uploaded(
+    settings: Settings,
+) -> None:
+    # Wider than any render: the upload stores a downscaled backdrop beside it.
+    big = io.BytesIO()
+    pixels = np.zeros((400, 5000, 3), dtype=np.uint8)
+    pixels[:, :2500] = (200, 30, 30)
+    pixels[:, 2500:] = (30, 30, 200)
+    Image.fromarray(pixels, "RGB").save(big, format="PNG")
+    data = big.getvalue()
+    async with query_api(settings) as (channel, service, _):
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+        shot = (
+            await stub.UploadScreenshot(upload("Wide", data, 5000, 400), metadata=MANAGE)
+        ).screenshot
+        stored = await asyncio.to_thread(service.store.read_backdrop, shot.screenshot_id)
+        assert stored is not None
+        with Image.open(io.BytesIO(stored)) as backdrop:
+            assert backdrop.size == backdrop_size(5000, 400) == (4096, 328)
+        got = await stub.GetScreenshot(
+            pb.GetScreenshotRequest(screenshot_id=shot.screenshot_id), metadata=VIEW
+        )
+        assert got.image_data == data  # downloads keep the original
+        query = pb.QueryHeatmapDataRequest(screen_name="Wide", grid_size=64)
+        reply = await stub.RenderHeatmap(pb.RenderHeatmapRequest(query=query), metadata=VIEW)
+        assert (reply.width, reply.height) == (4096, 328)
+        image = Image.open(io.BytesIO(reply.png)).convert("RGB")
+        assert image.getpixel((10, 10)) == (200, 30, 30)
+        assert image.getpixel((3000, 10)) == (30, 30, 200)
+
+
+async def test_screenshot_stored_before_backdrops_gets_one_at_first_render(
+    settings: Settings,
+) -> None:
+    big = io.BytesIO()
+    Image.new("RGB", (4500, 3000), (20, 160, 60)).save(big, format="PNG")
+    data = big.getvalue()
+    registry = CollectorRegistry()
+    async with query_api(settings, registry=registry) as (channel, service, _):
+        store = service.store
+        # The layout an upload wrote before backdrops existed: original and JSON only.
+        legacy = await asyncio.to_thread(
+            store.put, Screenshot.new("Old", data, 4500, 3000, "designer"), data
+        )
+        assert await asyncio.to_thread(store.read_backdrop, legacy.screenshot_id) is None
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+        request = pb.RenderHeatmapRequest(
+            query=pb.QueryHeatmapDataRequest(screen_name="Old", grid_size=64), width=600
+        )
+        replies = await asyncio.gather(
+            *(stub.RenderHeatmap(request, metadata=VIEW) for _ in range(6))
+        )
+        assert {(r.width, r.height) for r in replies} == {(600, 400)}
+        pixel = Image.open(io.BytesIO(replies[0].png)).convert("RGB").getpixel((5, 5))
+        assert pixel == (20, 160, 60)
+        stored = await asyncio.to_thread(store.read_backdrop, legacy.screenshot_id)
+        assert stored is not None
+        with Image.open(io.BytesIO(stored)) as backdrop:
+            assert backdrop.size == backdrop_size(4500, 3000)
+        # Six concurrent renders, one derivation, stored once.
+        writes = registry.get_sample_value(
+            "heatmap_screenshot_store_seconds_count", {"op": "put_backdrop"}
+        )
+        assert writes == 1
+        got = await stub.GetScreenshot(
+            pb.GetScreenshotRequest(screenshot_id=legacy.screenshot_id), metadata=VIEW
+        )
+        assert got.image_data == data
