@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,14 +14,25 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from heatmap.localinfra.process import free_port, service_env
+from heatmap.localinfra.process import free_port, processes_running, service_env, terminate
 
 
 class DevProcess:
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    """``heatmap dev`` in its own session (process group), so that a test can
+    kill the group - or the dev process alone - the way a terminal would.
+
+    ``metrics=True`` leaves ``HEATMAP_METRICS_PORT`` unset: the instance picks
+    a free port and prints it (``metrics_url``); otherwise metrics are off.
+    """
+
+    def __init__(
+        self, data_dir: Path, extra_env: dict[str, str] | None = None, *, metrics: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_env = extra_env or {}
+        self.metrics = metrics
+        self._log_start = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-dev.log"
 
@@ -31,12 +45,11 @@ class DevProcess:
         return (self.data_dir / "dev-jwt-secret").read_text().strip()
 
     def start(self, timeout_s: float = 120.0) -> None:
-        env = service_env(
-            HEATMAP_METRICS_PORT="0",
-            HEATMAP_LOG_FORMAT="text",
-            HEATMAP_FLUSH_INTERVAL_S="0.3",
-            **self.extra_env,
-        )
+        defaults = {"HEATMAP_LOG_FORMAT": "text", "HEATMAP_FLUSH_INTERVAL_S": "0.3"}
+        if not self.metrics:
+            defaults["HEATMAP_METRICS_PORT"] = "0"
+        env = service_env(**{**defaults, **self.extra_env})
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -53,6 +66,7 @@ class DevProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         self._wait_serving(timeout_s)
@@ -74,6 +88,50 @@ class DevProcess:
                 time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"heatmap dev not SERVING after {timeout_s}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def run_log(self) -> str:
+        """Everything the latest ``start()`` has logged so far."""
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
+
+    @property
+    def metrics_url(self) -> str:
+        """The metrics address this run printed in its banner."""
+        found = re.search(r"metrics:\s+(http://\S+/metrics)", self.run_log())
+        if found is None:
+            raise LookupError(f"no metrics address in the banner:\n{self.log()}")
+        return found.group(1)
+
+    def broker_jvms(self) -> list[int]:
+        """Live Kafka JVMs on this data dir, whoever started them."""
+        props = str((self.data_dir / "kafka" / "server.properties").resolve())
+        return processes_running("java", props)
+
+    def kill(self, *, group: bool) -> None:
+        """SIGKILL the dev process group (as a terminal's kill would) or the dev process alone."""
+        assert self.proc is not None
+        if group:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def kill_leftovers(self) -> None:
+        """For test clean-up: nothing of this instance may outlive the test."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+        for pid in self.broker_jvms():
+            terminate(pid, timeout_s=5)
 
     def stop(self, timeout_s: float = 60.0) -> int:
         if self.proc is None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import subprocess
 import uuid
@@ -11,7 +14,15 @@ from importlib import resources
 from pathlib import Path
 
 from heatmap.localinfra.kafka_listeners import SecureListeners
-from heatmap.localinfra.process import ServiceProcess, cache_dir, free_port, port_open
+from heatmap.localinfra.process import (
+    ServiceProcess,
+    cache_dir,
+    free_port,
+    port_open,
+    processes_running,
+    read_pid_file,
+    terminate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +59,14 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
 
 
 class KafkaBroker:
-    """One KRaft broker+controller on 127.0.0.1; data survives ``stop``/``start``."""
+    """One KRaft broker+controller on 127.0.0.1; data survives ``stop``/``start``.
+
+    By default the broker dies with the process that started it, however
+    that process dies (``die_with_parent``: see ``heatmap.localinfra.watchdog``);
+    ``heatmap infra up`` turns that off for its daemon. ``broker.pid`` in the
+    data dir names the running JVM, so that a start after a crash finds a
+    broker or a lock left behind and clears it (``_clear_leftovers``).
+    """
 
     def __init__(
         self,
@@ -56,8 +74,12 @@ class KafkaBroker:
         port: int = 0,
         heap_mb: int = 768,
         secure: SecureListeners | None = None,
+        die_with_parent: bool = True,
     ) -> None:
-        self.data_dir = data_dir
+        # Absolute: the JVM's command line names it, and is how a broker left
+        # running is recognised as this data dir's.
+        self.data_dir = data_dir.resolve()
+        self.die_with_parent = die_with_parent
         self.port = port or free_port()
         self.controller_port = free_port()
         self.heap_mb = heap_mb
@@ -113,7 +135,8 @@ class KafkaBroker:
     def start(self, timeout_s: float = 60.0) -> None:
         libs = ensure_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        props = self.data_dir / "server.properties"
+        self._clear_leftovers()
+        props = self._props_path
         props.write_text(self._properties())
         classpath = f"{libs}/*"
         if not (self.data_dir / "logs" / "meta.properties").exists():
@@ -150,9 +173,58 @@ class KafkaBroker:
             ],
             self.data_dir / "kafka.log",
             cwd=self.data_dir,
+            pid_file=self._pid_file,
+            die_with_parent=self.die_with_parent,
         )
         self._process.wait_ready(self._ready, timeout_s)
-        logger.info("kafka ready at %s (pid %s)", self.bootstrap, self._process.pid)
+        logger.info("kafka ready at %s (pid %s)", self.bootstrap, self._process.service_pid)
+
+    @property
+    def _props_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    def _clear_leftovers(self) -> None:
+        """Stop a broker an earlier crash left running on this data dir, or clear its lock.
+
+        Such a broker holds the log dir's lock, and a new one would exit with a
+        lock exception. It is found by the pid file, or - for one that predates
+        pid files - by its command line naming this data dir's properties.
+        Only a broker whose starter is gone is stopped: a live starter means
+        the data dir is in use, which is an error, not a leftover.
+        """
+        record = read_pid_file(self._pid_file)
+        leftovers = set(processes_running("java", str(self._props_path)))
+        if record is not None and record.alive():
+            leftovers.add(record.pid)
+        for pid in sorted(leftovers):
+            if record is not None and record.pid == pid and record.owner_alive():
+                raise DataDirInUse(
+                    f"{self.data_dir}: in use by the Kafka broker pid {pid}, "
+                    f"started by pid {record.owner_pid}, which is still running"
+                )
+            logger.warning(
+                "kafka: stopping broker pid %d left running on %s by an earlier crash",
+                pid,
+                self.data_dir,
+            )
+            terminate(pid)
+        lock = self.data_dir / "logs" / ".lock"
+        if lock_is_held(lock):
+            raise DataDirInUse(f"{lock}: locked by another process (not a broker of this dir)")
+        if record is not None and not leftovers:
+            logger.warning(
+                "kafka: cleared the pid file and lock of broker pid %d on %s (crashed, gone)",
+                record.pid,
+                self.data_dir,
+            )
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._pid_file.unlink()
 
     def _ready(self) -> bool:
         if not port_open(self.port):
@@ -176,7 +248,28 @@ class KafkaBroker:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        """The JVM's pid (not its watchdog's)."""
+        return self._process.service_pid if self._process else None
+
+
+class DataDirInUse(RuntimeError):
+    """Another live process uses this broker data dir."""
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether some process holds Kafka's lock on ``path`` (a POSIX ``fcntl`` lock,
+    as Java's ``FileChannel.tryLock`` takes it)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases our probe lock
+    return False
 
 
 def _kafka_uuid() -> str:

@@ -26,7 +26,8 @@ def up(root: Path) -> dict[str, str]:
     state = status(root)
     if state.get("running") == "yes":
         return state
-    kafka = KafkaBroker(root / "kafka")
+    # Daemons: they outlive this command, so no watchdog ties them to it.
+    kafka = KafkaBroker(root / "kafka", die_with_parent=False)
     s3 = SeaweedS3(root / "s3")
     # Generous: `up` is run on loaded machines (benches, CI) and only once.
     kafka.start(timeout_s=120)
