@@ -34,7 +34,6 @@ def _parser() -> argparse.ArgumentParser:
         "(SELECT only; a ClickHouse server, not chDB)",
     )
 
-
     infra = sub.add_parser("infra", help="local Kafka + S3 server as background daemons")
     infra.add_argument("action", choices=["up", "down", "status"])
     infra.add_argument("--dir", type=Path, default=None)
@@ -96,6 +95,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from heatmap.logs import configure_logging
 
     command: str = args.command
+    if command in ("gateway", "worker", "query-api"):
+        _ports_free(settings)
     if command in ("gateway", "worker", "query-api", "dev", "migrate", "demo"):
         configure_logging(settings.log_level, settings.log_format)
     if command == "gateway":
@@ -140,6 +141,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_demo(settings, args)
     raise AssertionError(command)
+
+
+def _ports_free(settings: Settings) -> None:
+    """The ports a deployable will listen on are free, checked before it starts
+    anything: a taken one is ``PortInUse`` (one line, exit 2), not a traceback
+    after it has connected to Kafka."""
+    from heatmap.ports import ensure_free
+
+    server = settings.server
+    ensure_free("HEATMAP_GRPC_PORT", server.grpc_host, server.grpc_port)
+    if server.metrics_port:
+        ensure_free("HEATMAP_METRICS_PORT", "0.0.0.0", server.metrics_port)
 
 
 def _migrate(settings: Settings, cluster: str | None, readonly_user: bool = False) -> int:

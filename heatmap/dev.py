@@ -6,17 +6,25 @@ Starts what is not configured: a local Kafka broker (unless
 ``HEATMAP_S3_ENDPOINT``); creates the topics and the schema; then runs the
 stream worker, the gateway and the query service behind one gRPC endpoint
 (all six RPCs, health, reflection). Health is SERVING once every part is
-ready. Ctrl-C / SIGTERM drains and stops everything, the broker included.
+ready. Ctrl-C / SIGTERM drains and stops everything, the broker included;
+so does any other death, ``kill -9`` included (the broker's watchdog sees
+this process go), and a start after a crash clears what it left behind.
 Everything lives in ``--data-dir``, so a restart keeps all data; the dev JWT
-secret is kept there too, so earlier tokens stay valid.
+secret is kept there too, so earlier tokens stay valid. One ``heatmap dev``
+per data dir (a lock file says which); several run side by side on separate
+data dirs and gRPC ports, each with its own free metrics port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 import secrets
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,13 +33,15 @@ from prometheus_client import CollectorRegistry
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
 from heatmap.kafka_admin import ensure_topics
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.serve import Component, serve
-from heatmap.settings import Settings
+from heatmap.localinfra.kafka import DataDirInUse, KafkaBroker
+from heatmap.ports import ensure_free
+from heatmap.serve import Component, serve, start_metrics
+from heatmap.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
 DEV_PARTITIONS = 4
+DEV_HOST = "127.0.0.1"
 
 
 def dev_settings(settings: Settings, data_dir: Path, grpc_port: int) -> Settings:
@@ -60,29 +70,64 @@ def dev_settings(settings: Settings, data_dir: Path, grpc_port: int) -> Settings
         kafka=kafka,
         screenshot_dir=screenshot_dir,
         data_dir=data_dir,
-        server=replace(settings.server, grpc_host="127.0.0.1", grpc_port=grpc_port),
+        server=replace(settings.server, grpc_host=DEV_HOST, grpc_port=grpc_port),
     )
 
 
 def run(settings: Settings, *, grpc_port: int, data_dir: Path) -> int:
+    # Every port we were told to use, before anything starts: a taken one is
+    # a one-line error naming the option, not a traceback after the broker.
+    ensure_free("--grpc-port", DEV_HOST, grpc_port)
+    if settings.server.metrics_port_set and settings.server.metrics_port:
+        ensure_free("HEATMAP_METRICS_PORT", DEV_HOST, settings.server.metrics_port)
     data_dir.mkdir(parents=True, exist_ok=True)
-    settings = dev_settings(settings, data_dir, grpc_port)
-    broker: KafkaBroker | None = None
-    if not settings.kafka.bootstrap:
-        broker = KafkaBroker(data_dir.resolve() / "kafka")
-        logger.info("starting a local Kafka broker")
-        broker.start()
-        settings = replace(settings, kafka=replace(settings.kafka, bootstrap=broker.bootstrap))
-    try:
-        ensure_topics(settings.kafka)
-        applied = migrate(settings.clickhouse)
-        if applied:
-            logger.info("ClickHouse schema: applied %s", ", ".join(applied))
-        asyncio.run(_serve(settings))
-    finally:
-        if broker is not None:
-            broker.stop()
+    with _own_data_dir(data_dir):
+        settings = dev_settings(settings, data_dir, grpc_port)
+        broker: KafkaBroker | None = None
+        if not settings.kafka.bootstrap:
+            broker = KafkaBroker(data_dir.resolve() / "kafka")
+            logger.info("starting a local Kafka broker")
+            try:
+                broker.start()
+            except DataDirInUse as e:
+                raise SettingsError(f"--data-dir={data_dir}: {e}") from None
+            settings = replace(settings, kafka=replace(settings.kafka, bootstrap=broker.bootstrap))
+        try:
+            ensure_topics(settings.kafka)
+            applied = migrate(settings.clickhouse)
+            if applied:
+                logger.info("ClickHouse schema: applied %s", ", ".join(applied))
+            asyncio.run(_serve(settings))
+        finally:
+            if broker is not None:
+                broker.stop()
     return 0
+
+
+@contextlib.contextmanager
+def _own_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold ``<data-dir>/dev.lock`` while running: two instances on one data
+    dir would share a broker log dir and a chDB store.
+
+    ``flock`` is released by the kernel however this process ends, so a lock
+    left by a crash never needs clearing; the pid inside is only for the message.
+    """
+    path = data_dir / "dev.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise SettingsError(
+                f"--data-dir={data_dir}: in use by another heatmap dev (pid {holder}); "
+                "stop it or choose another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _serve(settings: Settings) -> None:
@@ -92,6 +137,13 @@ async def _serve(settings: Settings) -> None:
     from stream_workers.app import Worker
 
     registry = CollectorRegistry()
+    # Unless told otherwise, a free port: a fixed default would make a second
+    # instance fail. Served here rather than by serve() so the banner has it.
+    metrics_port: int | None = None
+    if not settings.server.metrics_port_set:
+        metrics_port = start_metrics(registry, 0, DEV_HOST)
+    elif settings.server.metrics_port:
+        metrics_port = start_metrics(registry, settings.server.metrics_port, DEV_HOST)
     # One chDB engine per process: the worker and the query service share it.
     clickhouse = connect(settings.clickhouse)
     components: list[Component] = [
@@ -106,21 +158,23 @@ async def _serve(settings: Settings) -> None:
             settings.auth.jwt_secret, "dev-user", [VIEW_HEATMAPS, MANAGE_HEATMAPS], 7 * 24 * 3600
         )
         print(
-            f"heatmap dev: gRPC on 127.0.0.1:{port} (all six RPCs, health, reflection)\n"
+            f"heatmap dev: gRPC on {DEV_HOST}:{port} (all six RPCs, health, reflection)\n"
             f"  data dir:  {settings.data_dir}\n"
             f"  kafka:     {settings.kafka.bootstrap}\n"
             f"  metrics:   "
-            + (
-                f"http://127.0.0.1:{settings.server.metrics_port}/metrics"
-                if settings.server.metrics_port
-                else "off"
-            )
+            + (f"http://{DEV_HOST}:{metrics_port}/metrics" if metrics_port else "off")
             + f"\n  dev token (VIEW+MANAGE, 7 days):\n{token}",
             file=sys.stdout,
             flush=True,
         )
 
     try:
-        await serve(settings, components, registry, on_ready=banner)
+        await serve(
+            replace(settings, server=replace(settings.server, metrics_port=0)),
+            components,
+            registry,
+            port_setting="--grpc-port",
+            on_ready=banner,
+        )
     finally:
         clickhouse.close()

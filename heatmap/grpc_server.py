@@ -34,6 +34,7 @@ from heatmap.auth import (
     set_principal,
 )
 from heatmap.errors import HeatmapError, PermissionDenied, Unimplemented, to_rpc_status
+from heatmap.ports import ensure_free
 from heatmap.reflection import enable_reflection
 from schemas.heatmap.v1 import heatmap_pb2
 
@@ -200,11 +201,19 @@ async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool)
         await health_servicer.set(name, status)
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Bind an insecure port (TLS terminates at the router); returns the bound port."""
-    bound: int = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int, setting: str = "HEATMAP_GRPC_PORT") -> int:
+    """Bind an insecure port (TLS terminates at the router); returns the bound port.
+
+    A port someone else holds raises ``heatmap.ports.PortInUse`` naming
+    ``setting``; grpc itself only says "Failed to bind" for every cause.
+    """
+    try:
+        bound: int = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}")
+        ensure_free(setting, host, port)
+        raise OSError(f"{setting}={port}: cannot bind gRPC on {host}")
     return bound
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from heatmap.grpc_server import (
     set_serving,
     wait_for_stop_signal,
 )
+from heatmap.ports import PortInUse, ensure_free
 from heatmap.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,12 +57,17 @@ async def serve(
     *,
     host: str | None = None,
     port: int | None = None,
+    port_setting: str = "HEATMAP_GRPC_PORT",
     on_ready: Callable[[int], None] | None = None,
     stop_signal: Callable[[], Awaitable[None]] = wait_for_stop_signal,
 ) -> None:
+    host = host if host is not None else settings.server.grpc_host
+    port = port if port is not None else settings.server.grpc_port
+    # Before any component starts (connects to Kafka, loads state): a taken
+    # port is a one-line configuration error, not a failure after start-up.
+    ensure_free(port_setting, host, port)
     if settings.server.metrics_port:
-        start_http_server(settings.server.metrics_port, registry=registry)
-        logger.info("metrics on :%d/metrics", settings.server.metrics_port)
+        start_metrics(registry, settings.server.metrics_port)
     started: list[Component] = []
     try:
         for component in components:
@@ -73,11 +80,7 @@ async def serve(
             max_concurrent_rpcs=settings.server.max_concurrent_rpcs,
             register=[lambda s: s.add_generic_rpc_handlers(handlers)] if handlers else [],
         )
-        bound = bind(
-            server,
-            host if host is not None else settings.server.grpc_host,
-            port if port is not None else settings.server.grpc_port,
-        )
+        bound = bind(server, host, port, port_setting)
         await init_health(health)
         await server.start()
         watcher = asyncio.create_task(_watch_health(health, components))
@@ -101,6 +104,24 @@ async def serve(
             except Exception:
                 logger.exception("stopping %s failed", component.name)
     logger.info("stopped")
+
+
+def start_metrics(
+    registry: CollectorRegistry,
+    port: int,
+    host: str = "0.0.0.0",
+    setting: str = "HEATMAP_METRICS_PORT",
+) -> int:
+    """Serve ``/metrics`` on ``port`` (0: any free port) in a daemon thread; the bound port."""
+    try:
+        server, _ = start_http_server(port, host, registry=registry)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(setting, host, port) from None
+        raise
+    bound: int = server.server_port
+    logger.info("metrics on :%d/metrics", bound)
+    return bound
 
 
 async def _watch_health(health: Any, components: Sequence[Component]) -> None:
