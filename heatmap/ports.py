@@ -36,11 +36,12 @@ def ensure_free(setting: str, host: str, port: int) -> None:
     """
     if port == 0:
         return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = host.strip("[]")  # grpc's form of an IPv6 literal: "[::]"
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, port))
+            probe.bind((address, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise PortInUse(setting, host, port) from None
