@@ -19,6 +19,8 @@ deadline, holding only their request.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import io
 import math
 from collections.abc import Callable
@@ -106,6 +108,12 @@ class DecodeGate:
     object store and ClickHouse calls also need. A permit is released when
     the thread finishes, not when the caller stops waiting: a cancelled
     call's decode still holds its memory until it ends.
+
+    Each job ends with glibc's ``malloc_trim``: Pillow allocates images in
+    blocks below the mmap threshold, so freed ones stay in the allocator's
+    per-thread arenas, and a burst would leave the process at its peak and
+    later jobs fragmenting on top of it. Trimmed, RSS falls back between
+    jobs (where the C library has no malloc_trim, nothing is done).
     """
 
     def __init__(self, limit: int) -> None:
@@ -113,6 +121,7 @@ class DecodeGate:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
+        self._trim = _malloc_trim()
         self.running = 0
         self.peak = 0
 
@@ -127,15 +136,31 @@ class DecodeGate:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
-            job = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+            job = asyncio.ensure_future(asyncio.to_thread(self._job, fn, *args))
         except BaseException:
             self._release(None)
             raise
         job.add_done_callback(self._release)
         return await asyncio.shield(job)
 
+    def _job(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return fn(*args)
+        finally:
+            if self._trim is not None:
+                self._trim(0)
+
     def _release(self, job: asyncio.Future[Any] | None) -> None:
         self.running -= 1
         self._slots.release()
         if job is not None and not job.cancelled():
             job.exception()  # retrieved: a caller that stopped waiting will not see it
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
