@@ -87,6 +87,29 @@ CASES = [
         ("events[0].timestamp",),
     ),
     Case("timestamp before 1970", lambda: ts_event(-1, 0), ("events[0].timestamp",)),
+    Case(
+        "timestamp 29 days old",
+        lambda: [touch(), touch(ts_ms=now_ms() - 29 * DAY_MS)],
+    ),
+    Case(
+        "timestamp 31 days old",
+        lambda: [touch(), touch(ts_ms=now_ms() - 31 * DAY_MS)],
+        ("events[1].timestamp",),
+    ),
+    # int64 seconds that once overflowed into 1970 when scaled to ms (found by hand).
+    Case(
+        "seconds 2**63 // 1000 + 1",
+        lambda: [touch(), *ts_event(2**63 // 1000 + 1, 0)],
+        ("events[1].timestamp",),
+    ),
+    Case("seconds 2**62", lambda: [touch(), *ts_event(2**62, 0)], ("events[1].timestamp",)),
+    Case("seconds int64 max", lambda: ts_event(2**63 - 1, 999_999_999), ("events[0].timestamp",)),
+    Case("seconds int64 min", lambda: ts_event(-(2**63), 0), ("events[0].timestamp",)),
+    Case(
+        "12 months in one request",
+        lambda: [touch(ts_ms=now_ms() - m * 31 * DAY_MS) for m in range(12)],
+        tuple(f"events[{m}].timestamp" for m in range(1, 12)),
+    ),
     Case("timestamp nanos 1e9", lambda: ts_event(10, 10**9), ("events[0].timestamp",)),
     Case("timestamp nanos -1", lambda: ts_event(10, -1), ("events[0].timestamp",)),
     Case("batch_id 128 chars", one(), batch_id="k" * 128),
