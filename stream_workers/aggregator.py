@@ -69,6 +69,7 @@ class Block:
     events: int  # events those rows count
     markers: Mapping[int, int]  # kafka partition -> highest offset of the flush
     column_names: tuple[str, ...]
+    column_types: tuple[str, ...]  # as encoded in the payload (a fenced insert declares them)
     payload: bytes  # Native format
 
 
@@ -301,6 +302,7 @@ def _block(
         events=int(counts.sum()),
         markers=dict(markers),
         column_names=tuple(name for name, _, _ in columns),
+        column_types=tuple(ch for _, ch, _ in columns),
         payload=encode_block(columns, rows + n_markers),
     )
 

@@ -24,7 +24,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -41,8 +41,8 @@ from heatmap.kafka_security import faust_credentials
 from heatmap.settings import Settings
 from stream_workers.dead_letters import DeadLetterTopic
 from stream_workers.metrics import WorkerMetrics
-from stream_workers.processor import FlushAbandoned, Prepared, Processor, RawRecord
-from stream_workers.sink import ClickHouseCellStore
+from stream_workers.processor import Fenced, FlushAbandoned, Prepared, Processor, RawRecord
+from stream_workers.sink import CellStore, ClickHouseCellStore
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,10 @@ def register_agents(app: faust.App, settings: Settings, processor: Processor) ->
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None and not isinstance(error, FlushAbandoned):
+        if isinstance(error, Fenced):
+            logger.error("fenced, stopping this worker (restarted, it rejoins fresh): %s", error)
+            crash_tasks.add(asyncio.ensure_future(app.crash(error)))
+        elif error is not None and not isinstance(error, FlushAbandoned):
             logger.error("flush failed unexpectedly: %r", error, exc_info=error)
             crash_tasks.add(asyncio.ensure_future(app.crash(error)))
 
@@ -155,6 +158,17 @@ def register_agents(app: faust.App, settings: Settings, processor: Processor) ->
     return app.agent(topic, name="aggregate_touch_batches", concurrency=1)(aggregate_touch_batches)
 
 
+def committed_offsets(consumer: Any) -> dict[Any, int]:
+    """The group's committed offset (the next one to read) per partition, as Faust knows it.
+
+    Faust sets it when it seeks to the committed offsets after an assignment
+    and on each of its commits; it has no public accessor, hence the
+    attribute read (a missing one only drops the fallback, not the metric).
+    """
+    known = getattr(consumer, "_committed_offset", None) or {}
+    return {tp: int(o) for tp, o in dict(known).items() if o is not None}
+
+
 class Worker:
     """The stream worker as a ``heatmap.serve.Component``."""
 
@@ -167,18 +181,23 @@ class Worker:
         clickhouse_client: Client | None = None,
         *,
         tuning: FaustTuning | None = None,
+        wrap_store: Callable[[CellStore], CellStore] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = WorkerMetrics(registry)
         self.tuning = tuning or FaustTuning.from_settings(settings)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
+        # A seam around the store (tests inject stalls into the insert path).
+        self._wrap_store = wrap_store
         self._app: faust.App | None = None
         self._processor: Processor | None = None
         self._data_dir: Path | None = None
         self._owns_data_dir = False
         self._joined = False
         self._lag_task: asyncio.Task[None] | None = None
+        self._lag_series: set[int] = set()
+        self.lag_interval_s = 2.0
 
     @property
     def app(self) -> faust.App:
@@ -207,13 +226,18 @@ class Worker:
         app = create_app(settings, self._data_dir, self.tuning)
         self._app = app
         dead_letters = DeadLetterTopic(app, settings.kafka.topic, settings.kafka.dlq_topic)
+        store: CellStore = ClickHouseCellStore(self._client)
+        if self._wrap_store is not None:
+            store = self._wrap_store(store)
         self._processor = Processor(
-            ClickHouseCellStore(self._client),
+            store,
             settings.kafka.topic,
             self.metrics,
             dead_letters,
             chunk_events=settings.worker.flush_max_cells,
             retry_max_s=settings.worker.clickhouse_retry_max_s,
+            ledger_entries=settings.worker.ledger_memory_entries,
+            ledger_filter_bytes=settings.worker.ledger_filter_mb << 20,
         )
         register_agents(app, settings, self._processor)
         app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
@@ -232,7 +256,9 @@ class Worker:
         # delivered, and committed: forget the partitions' state.
         if self._processor is not None:
             self._processor.reset()
-        logger.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        gone = sorted(tp.partition for tp in revoked if tp.topic == self.settings.kafka.topic)
+        self._keep_lag_series(set())  # until the new assignment, this worker owns nothing
+        logger.info("partitions revoked: %s", gone)
 
     async def _on_assigned(self, app: Any, *args: Any, **kwargs: Any) -> None:
         assigned = args[0] if args else kwargs.get("assigned", set())
@@ -240,24 +266,52 @@ class Worker:
             self._processor.reset()
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.kafka.topic)
         self.metrics.assigned_partitions.set(len(mine))
+        self._keep_lag_series(set(mine))
         self._joined = True
         logger.info("partitions assigned: %s", mine)
 
+    def _keep_lag_series(self, partitions: set[int]) -> None:
+        """Drop the lag series of every partition this worker no longer owns.
+
+        Another worker reports those now; a stale series would count their
+        lag twice in any sum over the fleet.
+        """
+        for partition in set(self._lag_series) - partitions:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(str(partition))
+            self._lag_series.discard(partition)
+
     async def _watch_lag(self) -> None:
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(self.lag_interval_s)
             with contextlib.suppress(Exception):
-                consumer = self.app.consumer
-                for tp in consumer.assignment():
-                    if tp.topic != self.settings.kafka.topic:
-                        continue
-                    end = consumer.highwater(tp)
-                    if end is None:
-                        continue
-                    done = self.processor.flushed_offsets.get(tp.partition, -1)
-                    self.metrics.consumer_lag.labels(partition=str(tp.partition)).set(
-                        max(0, int(end) - done - 1)
-                    )
+                self.report_lag()
+
+    def report_lag(self) -> None:
+        """``heatmap_worker_consumer_lag{partition}`` for each partition assigned now.
+
+        Lag = partition end - the next offset this group still has to store:
+        the offset after this worker's last flush of the partition, or, before
+        its first flush since the assignment, the group's committed offset
+        (an idle partition whose records were all stored has lag 0).
+        """
+        consumer = self.app.consumer
+        assigned = {
+            tp.partition: tp
+            for tp in consumer.assignment()
+            if tp.topic == self.settings.kafka.topic
+        }
+        self._keep_lag_series(set(assigned))
+        committed = committed_offsets(consumer)
+        for partition, tp in assigned.items():
+            end = consumer.highwater(tp)
+            if end is None:
+                continue
+            done = self.processor.flushed_offsets.get(partition, -1) + 1
+            start = committed.get(tp)
+            nxt = max(done, start or 0)
+            self.metrics.consumer_lag.labels(partition=str(partition)).set(max(0, int(end) - nxt))
+            self._lag_series.add(partition)
 
     def handlers(self) -> Sequence[grpc.GenericRpcHandler]:
         return []
@@ -280,6 +334,7 @@ class Worker:
             self._lag_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._lag_task
+        self._keep_lag_series(set())  # a stopped worker owns no partition
         if self._app is not None:
             processor = self._processor
             give_up = None

@@ -1,40 +1,178 @@
-"""Client batch-id deduplication: the in-memory view of the ``ingest_batches`` ledger.
+"""Client batch-id deduplication, in memory bounded by settings whatever the batch rate.
 
-A batch is a duplicate iff the same (user_id, batch_id) was seen at a LOWER
-offset of the same partition. The ledger rows of a flush are inserted before
-its cells, so after a crash between the two inserts the replayed batch finds
-itself at the same offset and is counted (once). Kafka keys messages by user,
-so every retry of a batch lands on the partition of its first copy.
+The rule: a batch is a duplicate iff the same (user_id, batch_id) was seen at
+a LOWER offset of the same partition (within the ledger table's 7-day TTL).
+The ledger rows of a flush are inserted before its cells, so after a crash
+between the two inserts the replayed batch finds itself at the same offset
+and is counted (once). Kafka keys messages by user, so every retry of a batch
+lands on the partition of its first copy.
+
+What the worker holds, per process:
+
+* ``recent``: the exact first offset of at most ``capacity`` keys, least
+  recently used evicted (device retries come within seconds or minutes);
+* ``pending``: keys recorded by flushes whose ledger rows are not stored yet
+  (never evicted, else a retry right behind its first copy could be missed;
+  at most the two batches the agent has in flight);
+* a Bloom filter of fixed size over every key of the loaded partitions'
+  ledger in ClickHouse plus every key recorded since. A key in neither map
+  and not in the filter is certainly new; a filter hit (an old retry or a
+  false positive) is looked up in ClickHouse, batched per chunk.
+
+More keys than the filter was sized for only raise its false-positive rate
+(more look-ups), never the memory, and never change a count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 
-Key = tuple[str, str]  # (user_id, batch_id)
+import numpy as np
+import numpy.typing as npt
+
+Key = tuple[int, str, str]  # (partition, user_id, batch_id)
+
+FILTER_PROBES = 4
+_MASK64 = (1 << 64) - 1
+
+
+def key_hash(key: Key) -> int:
+    """64-bit hash of a key, the same as ``FILTER_HASH_SQL`` computes in ClickHouse."""
+    partition, user_id, batch_id = key
+    digest = hashlib.md5(f"{partition}\0{user_id}\0{batch_id}".encode(), usedforsecurity=False)
+    return int.from_bytes(digest.digest()[:8], "little")
+
+
+# ``reinterpretAsUInt64`` reads the first 8 bytes of the MD5 little-endian, like ``key_hash``.
+FILTER_HASH_SQL = (
+    "reinterpretAsUInt64(MD5(concat(toString(kafka_partition), '\\0', user_id, '\\0', batch_id)))"
+)
+
+
+def filter_bits(filter_bytes: int) -> int:
+    """Bits of the filter: the largest power of two that fits (positions are masked, not mod)."""
+    bits = max(filter_bytes, 8) * 8
+    return 1 << (bits.bit_length() - 1)
+
+
+def probe_positions_sql(bits: int) -> str:
+    """Array of the filter positions of the key of a ledger row (ClickHouse, UInt64 wraps)."""
+    h = FILTER_HASH_SQL
+    step = f"bitOr(bitShiftRight({h}, 29), 1)"
+    return (
+        "arrayMap(i -> bitAnd("
+        f"{h} + toUInt64(i) * {step}, toUInt64({bits - 1})), range({FILTER_PROBES}))"
+    )
+
+
+def probe_positions(h: int, bits: int) -> list[int]:
+    step = (h >> 29) | 1
+    return [((h + i * step) & _MASK64) & (bits - 1) for i in range(FILTER_PROBES)]
+
+
+class BloomFilter:
+    def __init__(self, filter_bytes: int) -> None:
+        self.bits = filter_bits(filter_bytes)
+        self.words: npt.NDArray[np.uint64] = np.zeros(self.bits // 64, dtype=np.uint64)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.words.nbytes)
+
+    def clear(self) -> None:
+        self.words.fill(0)
+
+    def add(self, h: int) -> None:
+        for pos in probe_positions(h, self.bits):
+            self.words[pos >> 6] |= np.uint64(1 << (pos & 63))
+
+    def add_words(self, index: npt.NDArray[np.uint64], bits: npt.NDArray[np.uint64]) -> None:
+        """OR in (word index, bits) pairs, each index at most once (grouped by ClickHouse)."""
+        idx = index.astype(np.int64)
+        self.words[idx] |= bits.astype(np.uint64)
+
+    def __contains__(self, h: int) -> bool:
+        words = self.words
+        return all(int(words[pos >> 6]) >> (pos & 63) & 1 for pos in probe_positions(h, self.bits))
 
 
 class BatchLedger:
-    def __init__(self) -> None:
-        self._seen: dict[int, dict[Key, int]] = {}
+    def __init__(self, capacity: int = 200_000, filter_bytes: int = 32 << 20) -> None:
+        self.capacity = max(1, capacity)
+        self._recent: OrderedDict[Key, int] = OrderedDict()
+        self._pending: dict[Key, int] = {}
+        self._loaded: set[int] = set()
+        self.filter = BloomFilter(filter_bytes)
+
+    def __len__(self) -> int:
+        """Exact keys held (recent + pending): at most ``capacity`` plus the batches in flight."""
+        return len(self._recent) + len(self._pending)
 
     def loaded(self, partition: int) -> bool:
-        return partition in self._seen
+        return partition in self._loaded
 
-    def load(self, partition: int, entries: Mapping[Key, int]) -> None:
-        self._seen[partition] = dict(entries)
+    def load(
+        self, partition: int, index: npt.NDArray[np.uint64], bits: npt.NDArray[np.uint64]
+    ) -> None:
+        """Add one partition's ledger in ClickHouse, as filter words computed there."""
+        self.filter.add_words(index, bits)
+        self._loaded.add(partition)
 
     def forget(self) -> None:
-        self._seen.clear()
+        self._recent.clear()
+        self._pending.clear()
+        self._loaded.clear()
+        self.filter.clear()
 
-    def admit(self, partition: int, offset: int, user_id: str, batch_id: str) -> tuple[bool, bool]:
-        """(is_duplicate, must_record) for the batch at ``offset``."""
-        seen = self._seen.setdefault(partition, {})
-        key = (user_id, batch_id)
-        first = seen.get(key)
+    def _known(self, key: Key) -> int | None:
+        first = self._pending.get(key)
+        if first is None:
+            first = self._recent.get(key)
+            if first is not None:
+                self._recent.move_to_end(key)
+        return first
+
+    def to_look_up(self, keys: Iterable[Key]) -> list[Key]:
+        """Keys whose first offset only ClickHouse can tell (filter hits not held exactly)."""
+        return [
+            k
+            for k in dict.fromkeys(keys)
+            if k not in self._pending and k not in self._recent and key_hash(k) in self.filter
+        ]
+
+    def admit(self, key: Key, offset: int, found: Mapping[Key, int]) -> tuple[bool, bool]:
+        """(is_duplicate, must_record) for the batch ``key`` at ``offset``.
+
+        ``found``: the first offsets ClickHouse returned for this chunk's
+        ``to_look_up`` keys (a key it did not return was never stored).
+        """
+        first = self._known(key)
+        if first is None:
+            first = found.get(key)
         if first is None or offset < first:
-            seen[key] = offset
+            self._pending[key] = offset
+            self.filter.add(key_hash(key))
             return False, True
         if first == offset:
+            self._remember(key, first)
             return False, False  # a replay of the first copy itself
+        self._remember(key, first)
         return True, False
+
+    def stored(self, keys: Iterable[Key]) -> None:
+        """The ledger rows of ``keys`` are in ClickHouse: they may be evicted from now on."""
+        for key in keys:
+            offset = self._pending.pop(key, None)
+            if offset is not None:
+                self._remember(key, offset)
+
+    def _remember(self, key: Key, first: int) -> None:
+        if key in self._pending:
+            return
+        recent = self._recent
+        recent[key] = min(first, recent.get(key, first))
+        recent.move_to_end(key)
+        while len(recent) > self.capacity:
+            recent.popitem(last=False)

@@ -53,8 +53,14 @@ class WorkerMetrics:
         )
         self.consumer_lag = Gauge(
             "heatmap_worker_consumer_lag",
-            "Messages between the partition end and the last offset flushed by this worker",
+            "Messages of an assigned partition not stored yet: partition end minus the next "
+            "offset to store (after this worker's last flush, else the group's committed offset)",
             ["partition"],
+            registry=registry,
+        )
+        self.fenced_flushes = Counter(
+            "heatmap_worker_fenced_flushes",
+            "Flushes refused because another worker claimed their partitions (this one stops)",
             registry=registry,
         )
         self.assigned_partitions = Gauge(

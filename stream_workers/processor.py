@@ -10,6 +10,13 @@ skipped, because Faust would commit past a single un-acked offset.
 Order of one flush (per chunk of at most ``chunk_events`` events, in offset
 order): ledger rows of new client batch ids, then per table and month ONE
 insert holding the rows and the marker rows, then the in-memory watermarks.
+
+Fencing: each assignment gets an owner token; before the first flush of a
+partition the processor claims it in ClickHouse (and only then reads its
+watermarks), and every cell insert carries the token of the assignment its
+batch was prepared under. An insert of a writer that lost its partitions
+inserts nothing; the processor finds out (``owners``) and raises ``Fenced``,
+which crashes the app: a zombie must not go on acking.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from schemas.touch_batch import BatchFormatError, decode_batch
 from stream_workers.aggregator import MAX_TIMESTAMP_MS, TABLE_NAMES, Block, Record, aggregate
-from stream_workers.dedup import BatchLedger
+from stream_workers.dedup import BatchLedger, Key
 from stream_workers.metrics import WorkerMetrics
 from stream_workers.sink import MAX_BLOCK_ROWS, CellStore, LedgerRow
 
@@ -52,6 +60,7 @@ class Chunk:
     ledger_rows: list[LedgerRow]
     blocks: list[Block]
     events: int  # events counted (not duplicate, not dead-lettered)
+    partitions: tuple[int, ...]  # source partitions of the blocks
 
 
 @dataclass(frozen=True)
@@ -59,10 +68,20 @@ class Prepared:
     raw: Sequence[RawRecord]
     chunks: list[Chunk]
     seconds: float
+    owner: str  # token of the assignment the batch was prepared under
 
 
 class FlushAbandoned(RuntimeError):
     """The worker is stopping while ClickHouse fails: the batch stays un-acked (replayed later)."""
+
+
+class Fenced(RuntimeError):
+    """Another worker claimed a partition of this flush: this worker must stop writing.
+
+    Whatever of the flush landed before the claim is visible to the new
+    owner's watermarks; nothing of it can land after. The batch stays
+    un-acked, and the app crashes (restarted fresh, it rejoins the group).
+    """
 
 
 class Processor:
@@ -75,6 +94,8 @@ class Processor:
         *,
         chunk_events: int = 200_000,
         retry_max_s: float = 30.0,
+        ledger_entries: int = 200_000,
+        ledger_filter_bytes: int = 32 << 20,
     ) -> None:
         self.cells = store
         self.topic = topic
@@ -83,9 +104,10 @@ class Processor:
         self.chunk_events = max(1, min(chunk_events, MAX_BLOCK_ROWS // 2))
         self.retry_max_s = retry_max_s
         self.watermarks: dict[tuple[str, int, int], int] = {}
-        self.ledger = BatchLedger()
+        self.ledger = BatchLedger(ledger_entries, ledger_filter_bytes)
         self._loaded: set[int] = set()
         self.flushed_offsets: dict[int, int] = {}  # partition -> highest offset done
+        self.owner = uuid.uuid4().hex
         self.failing_since: float | None = None
         self.stopping = False
         self._wake = asyncio.Event()
@@ -93,10 +115,18 @@ class Processor:
     # ------------------------------------------------------------ lifecycle
 
     def reset(self) -> None:
-        """Forget per-partition state (a rebalance: another worker may have written since)."""
+        """Forget per-partition state (a rebalance: another worker may have written since).
+
+        A new owner token, too: a flush prepared before the rebalance keeps
+        the old one, so if it is still in flight (this worker was stalled
+        past the rebalance timeout) it cannot land on a partition that was
+        claimed since, even by this same worker.
+        """
         self._loaded.clear()
         self.watermarks.clear()
         self.ledger.forget()
+        self.flushed_offsets.clear()
+        self.owner = uuid.uuid4().hex
 
     def stop(self) -> None:
         self.stopping = True
@@ -120,6 +150,7 @@ class Processor:
         offsets are all above them.
         """
         started = time.perf_counter()
+        owner = self.owner
         self.metrics.messages.inc(len(raw))
         records: list[Record] = []
         for item in sorted(raw, key=lambda r: (r.partition, r.offset)):
@@ -128,7 +159,7 @@ class Processor:
                 await self._send_dead_letter(item, reason)
             else:
                 records.append(record)
-        await self._load(sorted({r.partition for r in raw} - self._loaded))
+        await self._load(sorted({r.partition for r in raw} - self._loaded), owner)
         chunks: list[Chunk] = []
         chunk: list[Record] = []
         events = 0
@@ -140,13 +171,13 @@ class Processor:
             events += len(record.batch)
         if chunk:
             chunks.append(await self._prepare_chunk(chunk))
-        return Prepared(raw, chunks, time.perf_counter() - started)
+        return Prepared(raw, chunks, time.perf_counter() - started, owner)
 
     async def store(self, prepared: Prepared) -> None:
         """Insert a prepared batch, in order; returns once all of it is in ClickHouse."""
         started = time.perf_counter()
         for chunk in prepared.chunks:
-            await self._store_chunk(chunk)
+            await self._store_chunk(chunk, prepared.owner)
         for item in prepared.raw:
             done = self.flushed_offsets.get(item.partition, -1)
             self.flushed_offsets[item.partition] = max(done, item.offset)
@@ -193,32 +224,56 @@ class Processor:
                 delay = min(delay * 2, self.retry_max_s)
         self.metrics.dead_letters.labels(reason=kind).inc()
 
-    async def _load(self, partitions: list[int]) -> None:
+    async def _load(self, partitions: list[int], owner: str) -> None:
         if not partitions:
             return
+        # Claim first: once it returns, no earlier owner's insert can land, so
+        # the watermarks read next are final for everything before this owner.
+        await self._retry("claim partitions", self.cells.claim, self.topic, partitions, owner)
         marks = await self._retry(
             "load watermarks", self.cells.load_watermarks, self.topic, partitions
         )
-        ledger = await self._retry("load ledger", self.cells.load_ledger, self.topic, partitions)
+        index, bits = await self._retry(
+            "load ledger",
+            self.cells.load_ledger_filter,
+            self.topic,
+            partitions,
+            self.ledger.filter.bits,
+        )
+        if owner != self.owner:  # a rebalance happened meanwhile: state of a past assignment
+            raise Fenced(f"{self.topic}[{partitions}]: reassigned while loading")
         self.watermarks.update(marks)
         for p in partitions:
-            self.ledger.load(p, ledger.get(p, {}))
+            self.ledger.load(p, index, bits)
             self._loaded.add(p)
         logger.info(
-            "loaded state of %s[%s]: %d watermarks, %d ledger entries",
+            "loaded state of %s[%s] (claimed): %d watermarks, ledger filter of %d words",
             self.topic,
             ",".join(map(str, partitions)),
             len(marks),
-            sum(len(v) for v in ledger.values()),
+            len(index),
         )
 
     async def _prepare_chunk(self, chunk: list[Record]) -> Chunk:
         counted: list[Record] = []
         ledger_rows: list[LedgerRow] = []
+        keys: list[Key] = [
+            (r.partition, r.batch.user_id, r.batch.batch_id)
+            for r in chunk
+            if r.batch.client_batch_id and r.batch.batch_id
+        ]
+        unknown = self.ledger.to_look_up(keys)
+        found: dict[Key, int] = {}
+        if unknown:  # old retries and filter false positives only
+            found = await self._retry(
+                "ledger look-up", self.cells.look_up_ledger, self.topic, unknown
+            )
         for r in chunk:
             b = r.batch
             if b.client_batch_id and b.batch_id:
-                duplicate, record = self.ledger.admit(r.partition, r.offset, b.user_id, b.batch_id)
+                duplicate, record = self.ledger.admit(
+                    (r.partition, b.user_id, b.batch_id), r.offset, found
+                )
                 if duplicate:
                     self.metrics.duplicate_batches.inc()
                     logger.info(
@@ -238,18 +293,28 @@ class Processor:
         blocks: list[Block] = []
         if counted:
             blocks = await asyncio.to_thread(aggregate, counted, self.topic, dict(self.watermarks))
-        return Chunk(ledger_rows, blocks, sum(len(r.batch) for r in counted))
+        return Chunk(
+            ledger_rows,
+            blocks,
+            sum(len(r.batch) for r in counted),
+            tuple(sorted({r.partition for r in counted})),
+        )
 
-    async def _store_chunk(self, chunk: Chunk) -> None:
+    async def _store_chunk(self, chunk: Chunk, owner: str) -> None:
         if chunk.ledger_rows:
+            # Not fenced: a late ledger row of a zombie repeats one the new
+            # owner writes for the same record (same key, same offset).
             await self._retry(
                 "ledger insert", self.cells.insert_ledger, self.topic, chunk.ledger_rows
             )
+            self.ledger.stored((r.partition, r.user_id, r.batch_id) for r in chunk.ledger_rows)
         blocks, total = chunk.blocks, chunk.events
         if not total:
             return
         for block in blocks:
-            await self._insert(block)
+            await self._insert(block, owner)
+        if blocks:
+            await self._check_owner(chunk.partitions, owner)
             for partition, offset in block.markers.items():
                 key = (block.table, partition, block.month)
                 self.watermarks[key] = max(self.watermarks.get(key, -1), offset)
@@ -268,18 +333,37 @@ class Processor:
                 )
         self.metrics.events.inc(total)
 
-    async def _insert(self, block: Block) -> None:
+    async def _insert(self, block: Block, owner: str) -> None:
         attempts = 0
+        partitions = tuple(sorted(block.markers))
 
         def insert() -> None:
             nonlocal attempts
             attempts += 1
-            if attempts > 1 and self.cells.block_landed(self.topic, block):
-                logger.info("insert into %s %d had landed before failing", block.table, block.month)
-                return
-            self.cells.insert_block(block)
+            if attempts > 1:
+                # Ownership before every retry: a long outage may have outlasted
+                # the rebalance timeout, and then retrying is pointless.
+                self._raise_if_fenced(partitions, owner)
+                if self.cells.block_landed(self.topic, block):
+                    logger.info(
+                        "insert into %s %d had landed before failing", block.table, block.month
+                    )
+                    return
+            self.cells.insert_block(self.topic, block, owner)
 
         await self._retry(f"insert into {block.table}", insert)
+
+    async def _check_owner(self, partitions: Sequence[int], owner: str) -> None:
+        await self._retry("ownership check", self._raise_if_fenced, partitions, owner)
+
+    def _raise_if_fenced(self, partitions: Sequence[int], owner: str) -> None:
+        current = self.cells.owners(self.topic, partitions)
+        lost = sorted(p for p in partitions if current.get(p) != owner)
+        if lost:
+            self.metrics.fenced_flushes.inc()
+            raise Fenced(
+                f"{self.topic}{lost} claimed by another worker while this flush was in flight"
+            )
 
     # --------------------------------------------------------------- retries
 
@@ -288,6 +372,8 @@ class Processor:
         while True:
             try:
                 result = await asyncio.to_thread(fn, *args)
+            except Fenced:
+                raise
             except Exception as e:
                 self.metrics.clickhouse_failures.inc()
                 if self.failing_since is None:

@@ -2,32 +2,47 @@
 
 All methods are synchronous (clickhouse-connect's sync client; the async
 client does not take ``chdb://``); the processor calls them through
-``asyncio.to_thread`` and owns retries. Every statement here is identical for
-chDB and a ClickHouse server.
+``asyncio.to_thread`` and owns retries. Every statement is the same for chDB
+and a ClickHouse server, except where a fenced insert reads its block from
+(a file for chDB, the request body for a server).
+
+Fencing (docs/exactly-once.md, "Fencing"): a worker ``claim``s a partition
+before it reads the partition's watermarks, and every cell insert is an
+``INSERT ... SELECT`` whose WHERE clause, evaluated by the server, requires
+that the inserting worker still holds the latest claim of every source
+partition of the block.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 from clickhouse_connect.driver.client import Client
 
 from stream_workers.aggregator import TABLE_NAMES, Block, marker_campaign
+from stream_workers.dedup import Key, probe_positions_sql
 from stream_workers.native import NumberColumn, StringColumn, encode_block
 
 logger = logging.getLogger(__name__)
 
 LEDGER_TABLE = "ingest_batches"
 LEDGER_DAYS = 7
+FENCE_TABLE = "worker_fences"
+FENCE_COMMENT = "heatmap fenced insert"
 # One insert must stay one block on the server (atomic rows + markers).
 MAX_BLOCK_ROWS = 1_000_000
 # Rows of a block are already unique per key (aggregated by the worker): merging
 # them again on insert is wasted work. Nothing here splits or reorders the block.
 INSERT_SETTINGS = {"optimize_on_insert": 0}
+
+U64Array = npt.NDArray[np.uint64]
 
 
 @dataclass(frozen=True)
@@ -40,26 +55,102 @@ class LedgerRow:
 
 
 class CellStore(Protocol):
+    def claim(self, topic: str, partitions: Sequence[int], owner: str) -> None: ...
+
+    def owners(self, topic: str, partitions: Sequence[int]) -> dict[int, str]: ...
+
     def load_watermarks(
         self, topic: str, partitions: Sequence[int]
     ) -> dict[tuple[str, int, int], int]: ...
 
-    def load_ledger(
-        self, topic: str, partitions: Sequence[int]
-    ) -> dict[int, dict[tuple[str, str], int]]: ...
+    def load_ledger_filter(
+        self, topic: str, partitions: Sequence[int], bits: int
+    ) -> tuple[U64Array, U64Array]: ...
+
+    def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]: ...
 
     def insert_ledger(self, topic: str, rows: Sequence[LedgerRow]) -> None: ...
 
-    def insert_block(self, block: Block) -> None: ...
+    def insert_block(self, topic: str, block: Block, owner: str) -> None: ...
 
     def block_landed(self, topic: str, block: Block) -> bool: ...
 
 
-class ClickHouseCellStore:
-    """``CellStore`` over a clickhouse-connect client bound to the heatmap database."""
+def fence_tag(topic: str, partition: int) -> str:
+    """Names a partition in the text of a fenced insert, so that ``claim`` can see it running."""
+    return f"[fence {marker_campaign(topic, partition)}]"
 
-    def __init__(self, client: Client) -> None:
+
+# The current owner of each partition: the claim with the highest epoch (ties
+# broken by the owner token, so that every reader picks the same one).
+_OWNERS_SQL = (
+    f"SELECT kafka_partition, argMax(owner, (epoch, owner)) AS o FROM {FENCE_TABLE} "
+    "WHERE topic = {topic:String} AND kafka_partition IN {partitions:Array(UInt32)} "
+    "GROUP BY kafka_partition"
+)
+
+
+class ClickHouseCellStore:
+    """``CellStore`` over a clickhouse-connect client bound to the heatmap database.
+
+    ``embedded``: the client is chDB (a fenced insert reads its block from a
+    temporary file; a server reads it from the request body with ``input()``).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        embedded: bool | None = None,
+        inflight_timeout_s: float = 600.0,
+    ) -> None:
         self._client = client
+        self._embedded = type(client).__name__ == "ChdbClient" if embedded is None else embedded
+        self._inflight_timeout_s = inflight_timeout_s
+
+    # ---------------------------------------------------------------- fencing
+
+    def claim(self, topic: str, partitions: Sequence[int], owner: str) -> None:
+        """Make ``owner`` the only writer of ``partitions``; return once no older one can land.
+
+        The claim row (a higher epoch) makes every fenced insert of an older
+        owner that STARTS from now on insert nothing: the server evaluates its
+        condition. An older insert that started before (condition evaluated,
+        block maybe still uploading) is in ``system.processes``, so this waits
+        until none is left. After that, whatever an older owner wrote is
+        visible to the watermark read that follows, and nothing more can land.
+        """
+        if not partitions:
+            return
+        self._client.command(
+            f"INSERT INTO {FENCE_TABLE} (topic, kafka_partition, owner, epoch) "
+            "SELECT {topic:String}, arrayJoin({partitions:Array(UInt32)}), {owner:String}, "
+            f"(SELECT max(epoch) FROM {FENCE_TABLE} WHERE topic = {{topic:String}}) + 1",
+            parameters={"topic": topic, "partitions": list(partitions), "owner": owner},
+        )
+        tags = [fence_tag(topic, p) for p in partitions]
+        deadline = time.monotonic() + self._inflight_timeout_s
+        while True:
+            running = int(
+                self._client.query(
+                    "SELECT count() FROM system.processes "
+                    "WHERE query_id != queryID() AND multiSearchAny(query, {tags:Array(String)})",
+                    parameters={"tags": tags},
+                ).result_rows[0][0]
+            )
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{running} fenced inserts of an older owner still running")
+            time.sleep(0.05)
+
+    def owners(self, topic: str, partitions: Sequence[int]) -> dict[int, str]:
+        result = self._client.query(
+            _OWNERS_SQL, parameters={"topic": topic, "partitions": list(partitions)}
+        )
+        return {int(p): str(o) for p, o in result.result_rows}
+
+    # ------------------------------------------------------------------ state
 
     def load_watermarks(
         self, topic: str, partitions: Sequence[int]
@@ -79,22 +170,42 @@ class ClickHouseCellStore:
                 found[(table, names[str(campaign)], int(month))] = int(offset)
         return found
 
-    def load_ledger(
-        self, topic: str, partitions: Sequence[int]
-    ) -> dict[int, dict[tuple[str, str], int]]:
-        ledger: dict[int, dict[tuple[str, str], int]] = {p: {} for p in partitions}
+    def load_ledger_filter(
+        self, topic: str, partitions: Sequence[int], bits: int
+    ) -> tuple[U64Array, U64Array]:
+        """The ledger window of ``partitions`` as Bloom filter words (index, bits).
+
+        ClickHouse hashes and groups the keys, so the worker receives at most
+        one row per 64 filter bits, however many keys the window holds.
+        """
+        empty = np.zeros(0, dtype=np.uint64)
         if not partitions:
-            return ledger
-        result = self._client.query(
-            f"SELECT kafka_partition, user_id, batch_id, min(kafka_offset) FROM {LEDGER_TABLE} "
+            return empty, empty
+        words = self._client.query_np(
+            "SELECT toUInt64(intDiv(pos, 64)) AS word, "
+            "groupBitOr(bitShiftLeft(toUInt64(1), pos % 64)) "
+            f"FROM (SELECT arrayJoin({probe_positions_sql(bits)}) AS pos FROM {LEDGER_TABLE} "
             "WHERE topic = {topic:String} AND kafka_partition IN {partitions:Array(UInt32)} "
-            f"AND received_at >= now() - INTERVAL {LEDGER_DAYS} DAY "
-            "GROUP BY kafka_partition, user_id, batch_id",
+            f"AND received_at >= now() - INTERVAL {LEDGER_DAYS} DAY) GROUP BY word",
             parameters={"topic": topic, "partitions": list(partitions)},
         )
-        for partition, user_id, batch_id, offset in result.result_rows:
-            ledger[int(partition)][(str(user_id), str(batch_id))] = int(offset)
-        return ledger
+        if not len(words):
+            return empty, empty
+        return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+
+    def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
+        """First stored offset of each key in the ledger window (absent: never stored)."""
+        if not keys:
+            return {}
+        result = self._client.query(
+            f"SELECT kafka_partition, user_id, batch_id, min(kafka_offset) FROM {LEDGER_TABLE} "
+            "WHERE topic = {topic:String} AND (kafka_partition, user_id, batch_id) IN "
+            "{keys:Array(Tuple(UInt32, String, String))} "
+            f"AND received_at >= now() - INTERVAL {LEDGER_DAYS} DAY "
+            "GROUP BY kafka_partition, user_id, batch_id",
+            parameters={"topic": topic, "keys": [tuple(k) for k in keys]},
+        )
+        return {(int(p), str(u), str(b)): int(o) for p, u, b, o in result.result_rows}
 
     def insert_ledger(self, topic: str, rows: Sequence[LedgerRow]) -> None:
         if not rows:
@@ -144,14 +255,51 @@ class ClickHouseCellStore:
             fmt="Native",
         )
 
-    def insert_block(self, block: Block) -> None:
+    def insert_block(self, topic: str, block: Block, owner: str) -> None:
+        """Insert ``block`` only if ``owner`` still holds every source partition of it.
+
+        One ``INSERT ... SELECT`` whose WHERE the server evaluates: a writer
+        that lost its partitions (a newer ``claim``) inserts nothing, however
+        long it was stalled before sending. The caller asks ``owners``
+        afterwards which of the two happened.
+        """
         if block.rows + len(block.markers) >= MAX_BLOCK_ROWS:
             raise ValueError(f"block of {block.rows} rows would not be one insert block")
-        self._client.raw_insert(
-            block.table,
-            list(block.column_names),
-            block.payload,
-            fmt="Native",
+        partitions = sorted(block.markers)
+        columns = ", ".join(block.column_names)
+        structure = ", ".join(
+            f"{name} {ch_type}"
+            for name, ch_type in zip(block.column_names, block.column_types, strict=True)
+        )
+        tags = "".join(fence_tag(topic, p) for p in partitions)
+        head = (
+            f"INSERT /* {FENCE_COMMENT} {tags} */ INTO {block.table} ({columns}) SELECT {columns}"
+        )
+        condition = (
+            f"(SELECT count() FROM ({_OWNERS_SQL}) WHERE o = {{owner:String}}) = {{n:UInt64}}"
+        )
+        parameters: dict[str, object] = {
+            "topic": topic,
+            "partitions": partitions,
+            "owner": owner,
+            "n": len(partitions),
+            "structure": structure,
+        }
+        if self._embedded:
+            with tempfile.NamedTemporaryFile(prefix="heatmap-block-", suffix=".native") as tmp:
+                tmp.write(block.payload)
+                tmp.flush()
+                self._client.command(
+                    f"{head} FROM file({{path:String}}, 'Native', {{structure:String}}) "
+                    f"WHERE {condition}",
+                    parameters={**parameters, "path": tmp.name},
+                    settings=INSERT_SETTINGS,
+                )
+            return
+        self._client.command(
+            f"{head} FROM input({{structure:String}}) WHERE {condition} FORMAT Native",
+            parameters=parameters,
+            data=block.payload,
             settings=INSERT_SETTINGS,
         )
 

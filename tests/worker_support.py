@@ -8,24 +8,35 @@ once the worker has exited.
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from heatmap.fleet import Fleet, FleetSpec
 from heatmap.localinfra.process import service_env
+from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings, WorkerSettings
 from schemas.touch_batch import TouchBatch, encode_batch
+from stream_workers.aggregator import Block
+from stream_workers.app import FaustTuning, Worker
+from stream_workers.dedup import Key
+from stream_workers.sink import CellStore, LedgerRow
 
 CellKey = tuple[Any, ...]
 
@@ -37,6 +48,24 @@ TABLE_KEYS = {
 }
 
 
+def fleet_start() -> dt.datetime:
+    """00:00 UTC on the 2nd of last month: the worker tests' fleet span.
+
+    Its 24 hours lie in one calendar month (tests can name it: ``fleet_month``)
+    whatever the day the tests run, and well inside the decoder's time window.
+    """
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    last_month = today.replace(day=1) - dt.timedelta(days=1)
+    return last_month.replace(day=2)
+
+
+def fleet_month(months_before: int = 0) -> int:
+    """yyyymm of the fleet span's month, or of ``months_before`` months earlier."""
+    start = fleet_start()
+    index = start.year * 12 + start.month - 1 - months_before
+    return (index // 12) * 100 + index % 12 + 1
+
+
 def fleet_batches(
     n_batches: int,
     events_per_batch: int = 500,
@@ -46,7 +75,7 @@ def fleet_batches(
     received_at_ms: int | None = None,
 ) -> list[TouchBatch]:
     """Batches of fleet events; each batch is one user's request (one screen visit per batch)."""
-    fleet = Fleet(spec or FleetSpec(users=2_000))
+    fleet = Fleet(spec or FleetSpec(users=2_000, start=fleet_start()))
     received = int(time.time() * 1000) if received_at_ms is None else received_at_ms
     ev = fleet.events(n_batches * events_per_batch)
     batches = []
@@ -267,6 +296,114 @@ def stored_counts(path: Path, database: str = "heatmap") -> dict[str, Counter[Ce
 def normalised(expected: dict[str, Counter[CellKey]]) -> dict[str, Counter[CellKey]]:
     """JSON from a subprocess turns tuples into lists and keeps ints: compare as tuples."""
     return {t: Counter({tuple(k): v for k, v in c.items()}) for t, c in expected.items()}
+
+
+# ------------------------------------------------- workers in the test process
+
+FAST = FaustTuning(session_timeout_s=6.0, rebalance_timeout_s=15.0, commit_interval_s=0.2)
+
+
+def inprocess_settings(kafka: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
+    return replace(
+        Settings(),
+        kafka=replace(kafka, partitions=3, consumer_group="g-" + kafka.topic),
+        clickhouse=clickhouse,
+        worker=WorkerSettings(
+            flush_interval_s=0.3, flush_max_cells=20_000, clickhouse_retry_max_s=1
+        ),
+    )
+
+
+async def start_worker(
+    settings: Settings,
+    client: Client,
+    started: list[Worker],
+    *,
+    wrap_store: Callable[[CellStore], CellStore] | None = None,
+) -> tuple[Worker, CollectorRegistry]:
+    registry = CollectorRegistry()
+    worker = Worker(settings, registry, client, tuning=FAST, wrap_store=wrap_store)
+    started.append(worker)
+    await worker.start()
+    return worker, registry
+
+
+async def wait_all_committed(settings: Settings, timeout_s: float = 60.0) -> None:
+    k = settings.kafka
+    assert k.bootstrap
+    target = await asyncio.to_thread(end_offsets, k.bootstrap, k.topic, 3)
+    deadline = time.monotonic() + timeout_s
+    got: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        got = await asyncio.to_thread(committed_offsets, k.bootstrap, k.consumer_group, k.topic, 3)
+        if got == target:
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"committed {got} never reached {target}")
+
+
+def metric(registry: CollectorRegistry, name: str) -> float:
+    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
+
+
+def lag_reported(registry: CollectorRegistry) -> bool:
+    return any(
+        s.name == "heatmap_worker_consumer_lag" for m in registry.collect() for s in m.samples
+    )
+
+
+def assert_exact(client: Client, batches: Sequence[TouchBatch]) -> None:
+    expected = expected_counts(batches)
+    for table in TABLE_KEYS:
+        got = as_counter(client.query(stored_counts_sql(table)).result_rows)
+        assert got == expected[table], table
+
+
+class StallingStore:
+    """A ``CellStore`` whose cell inserts can be held before they reach ClickHouse.
+
+    The seam for a GC pause, a SIGSTOP or a slow network in the insert path:
+    once ``armed``, the next insert blocks its thread until ``release`` is
+    set (``stalled`` tells that one is being held), then goes on to the real
+    store as if nothing had happened.
+    """
+
+    def __init__(self, inner: CellStore) -> None:
+        self.inner = inner
+        self.armed = threading.Event()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def insert_block(self, topic: str, block: Block, owner: str) -> None:
+        if self.armed.is_set() and not self.release.is_set():
+            self.stalled.set()
+            self.release.wait(300)
+        self.inner.insert_block(topic, block, owner)
+
+    def claim(self, topic: str, partitions: Sequence[int], owner: str) -> None:
+        self.inner.claim(topic, partitions, owner)
+
+    def owners(self, topic: str, partitions: Sequence[int]) -> dict[int, str]:
+        return self.inner.owners(topic, partitions)
+
+    def load_watermarks(
+        self, topic: str, partitions: Sequence[int]
+    ) -> dict[tuple[str, int, int], int]:
+        return self.inner.load_watermarks(topic, partitions)
+
+    def load_ledger_filter(
+        self, topic: str, partitions: Sequence[int], bits: int
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        return self.inner.load_ledger_filter(topic, partitions, bits)
+
+    def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
+        return self.inner.look_up_ledger(topic, keys)
+
+    def insert_ledger(self, topic: str, rows: Sequence[LedgerRow]) -> None:
+        self.inner.insert_ledger(topic, rows)
+
+    def block_landed(self, topic: str, block: Block) -> bool:
+        return self.inner.block_landed(topic, block)
 
 
 def _main(argv: Sequence[str]) -> int:

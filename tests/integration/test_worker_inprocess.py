@@ -15,28 +15,26 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from clickhouse_connect.driver.client import Client
-from prometheus_client import CollectorRegistry
 
 from heatmap.clickhouse import connect
-from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings, WorkerSettings
+from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
 from schemas.kafka.v1 import touch_batch_pb2
 from schemas.touch_batch import encode_batch
-from stream_workers.app import FaustTuning, Worker
+from stream_workers.app import Worker
 from tests.worker_support import (
-    TABLE_KEYS,
-    as_counter,
+    assert_exact,
     committed_offsets,
-    end_offsets,
-    expected_counts,
     fleet_batches,
+    inprocess_settings,
+    lag_reported,
+    metric,
     produce,
     produce_batches,
     read_messages,
     shifted,
-    stored_counts_sql,
+    start_worker,
+    wait_all_committed,
 )
-
-FAST = FaustTuning(session_timeout_s=6.0, rebalance_timeout_s=15.0, commit_interval_s=0.2)
 
 
 @pytest.fixture
@@ -48,14 +46,7 @@ def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
 
 @pytest.fixture
 def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
-    return replace(
-        Settings(),
-        kafka=replace(kafka_settings, partitions=3, consumer_group="g-" + kafka_settings.topic),
-        clickhouse=clickhouse,
-        worker=WorkerSettings(
-            flush_interval_s=0.3, flush_max_cells=20_000, clickhouse_retry_max_s=1
-        ),
-    )
+    return inprocess_settings(kafka_settings, clickhouse)
 
 
 @pytest.fixture
@@ -64,46 +55,6 @@ async def started() -> AsyncIterator[list[Worker]]:
     yield workers
     for w in workers:
         await w.stop()
-
-
-async def start_worker(
-    settings: Settings, client: Client, started: list[Worker]
-) -> tuple[Worker, CollectorRegistry]:
-    registry = CollectorRegistry()
-    worker = Worker(settings, registry, client, tuning=FAST)
-    started.append(worker)
-    await worker.start()
-    return worker, registry
-
-
-async def wait_all_committed(settings: Settings, timeout_s: float = 60.0) -> None:
-    k = settings.kafka
-    assert k.bootstrap
-    target = await asyncio.to_thread(end_offsets, k.bootstrap, k.topic, 3)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(committed_offsets, k.bootstrap, k.consumer_group, k.topic, 3)
-        if got == target:
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"committed {got} never reached {target}")
-
-
-def metric(registry: CollectorRegistry, name: str) -> float:
-    return sum(s.value for m in registry.collect() for s in m.samples if s.name == name)
-
-
-def lag_reported(registry: CollectorRegistry) -> bool:
-    return any(
-        s.name == "heatmap_worker_consumer_lag" for m in registry.collect() for s in m.samples
-    )
-
-
-def assert_exact(client: Client, batches: list) -> None:  # type: ignore[type-arg]
-    expected = expected_counts(batches)
-    for table in TABLE_KEYS:
-        got = as_counter(client.query(stored_counts_sql(table)).result_rows)
-        assert got == expected[table], table
 
 
 def poison_messages() -> list[tuple[str, bytes]]:

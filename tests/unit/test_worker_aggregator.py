@@ -22,7 +22,7 @@ from stream_workers.aggregator import (
 )
 from stream_workers.dedup import BatchLedger
 from stream_workers.native import LowCardinalityColumn, encode_block, varint
-from tests.worker_support import expected_counts, fleet_batches, shifted
+from tests.worker_support import expected_counts, fleet_batches, fleet_month, shifted
 
 
 def read_native(payload: bytes) -> dict[str, list[Any]]:
@@ -127,16 +127,12 @@ def test_aggregate_counts_every_event_once_in_every_table() -> None:
     expected = expected_counts(batches + late)
     for table in TABLE_NAMES:
         assert counts[table] == expected[table], table
-    assert {(b.table, b.month) for b in blocks} == {
-        (t, m) for t in TABLE_NAMES for m in (202610, 202611)
-    }
+    months = (fleet_month(2), fleet_month())  # 40 days before the 2nd: two months earlier
+    assert {(b.table, b.month) for b in blocks} == {(t, m) for t in TABLE_NAMES for m in months}
     # one marker per (table, month, source partition), carrying the flush's highest offset
     highest = {p: max(r.offset for r in records if r.partition == p) for p in range(3)}
     assert sorted(markers) == sorted(
-        (t, m, f"t#{p}", highest[p])
-        for t in TABLE_NAMES
-        for m in (202610, 202611)
-        for p in range(3)
+        (t, m, f"t#{p}", highest[p]) for t in TABLE_NAMES for m in months for p in range(3)
     )
     assert all(b.rows == len(read_native(b.payload)["events"]) - 3 for b in blocks)
 
@@ -144,18 +140,19 @@ def test_aggregate_counts_every_event_once_in_every_table() -> None:
 def test_watermarks_drop_events_already_stored_per_table_and_month() -> None:
     batches = fleet_batches(10, 100)
     records = [Record(0, 100 + i, b) for i, b in enumerate(batches)]
-    # touch_cells_by_user holds offsets <= 104 of November; the others hold nothing.
-    blocks = aggregate(records, "t", {("touch_cells_by_user", 0, 202611): 104})
+    month = fleet_month()
+    # touch_cells_by_user holds offsets <= 104 of this month; the others hold nothing.
+    blocks = aggregate(records, "t", {("touch_cells_by_user", 0, month): 104})
     counts, _ = stored(blocks)
     assert counts["touch_cells_by_user"] == expected_counts(batches[5:])["touch_cells_by_user"]
     assert counts["touch_cells"] == expected_counts(batches)["touch_cells"]
     # a watermark of another month or partition does not hide these events
     blocks = aggregate(
-        records, "t", {("touch_cells", 0, 202610): 999, ("touch_cells", 1, 202611): 999}
+        records, "t", {("touch_cells", 0, fleet_month(1)): 999, ("touch_cells", 1, month): 999}
     )
     assert stored(blocks)[0]["touch_cells"] == expected_counts(batches)["touch_cells"]
     # everything stored: nothing to insert
-    all_done = {(t, 0, 202611): 109 for t in TABLE_NAMES}
+    all_done = {(t, 0, month): 109 for t in TABLE_NAMES}
     assert aggregate(records, "t", all_done) == []
 
 
@@ -187,11 +184,12 @@ def test_group_falls_back_to_row_unique_for_wide_keys() -> None:
 
 def test_ledger_duplicate_only_at_a_higher_offset() -> None:
     ledger = BatchLedger()
-    ledger.load(0, {("u", "b1"): 10})
-    assert ledger.admit(0, 10, "u", "b1") == (False, False)  # the first copy, replayed
-    assert ledger.admit(0, 11, "u", "b1") == (True, False)  # a retry
-    assert ledger.admit(0, 5, "u", "b2") == (False, True)  # new
-    assert ledger.admit(1, 12, "u", "b1") == (False, True)  # another partition
+    assert ledger.admit((0, "u", "b1"), 10, {}) == (False, True)  # new
+    assert ledger.admit((0, "u", "b1"), 10, {}) == (False, False)  # the first copy, replayed
+    assert ledger.admit((0, "u", "b1"), 11, {}) == (True, False)  # a retry
+    assert ledger.admit((0, "u", "b2"), 12, {(0, "u", "b2"): 5}) == (True, False)  # stored before
+    assert ledger.admit((0, "u", "b3"), 5, {(0, "u", "b3"): 9}) == (False, True)  # a lower copy
+    assert ledger.admit((1, "u", "b1"), 12, {}) == (False, True)  # another partition
     ledger.forget()
     assert not ledger.loaded(0)
 

@@ -12,24 +12,37 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from schemas.touch_batch import encode_batch
+from schemas.touch_batch import TouchBatch, encode_batch
 from stream_workers.aggregator import TABLE_NAMES, Block
+from stream_workers.dedup import Key, key_hash, probe_positions
 from stream_workers.metrics import WorkerMetrics
-from stream_workers.processor import FlushAbandoned, Processor, RawRecord
+from stream_workers.processor import Fenced, FlushAbandoned, Processor, RawRecord
 from stream_workers.sink import LedgerRow
 from tests.worker_support import fleet_batches
 
 
 class MemoryStore:
+    """Rows, markers, ledger and claims in memory, with the fencing rule of the real store."""
+
     def __init__(self) -> None:
         self.blocks: list[Block] = []
         self.ledger: list[tuple[str, LedgerRow]] = []
+        self.claims: dict[int, str] = {}
         self.fail_next = 0  # raise before storing
         self.lose_reply_next = 0  # store, then raise (the reply was lost)
         self.calls: list[str] = []
+        self.fenced_inserts = 0
+
+    def claim(self, topic: str, partitions: Sequence[int], owner: str) -> None:
+        self.claims.update(dict.fromkeys(partitions, owner))
+
+    def owners(self, topic: str, partitions: Sequence[int]) -> dict[int, str]:
+        return {p: self.claims[p] for p in partitions if p in self.claims}
 
     def load_watermarks(
         self, topic: str, partitions: Sequence[int]
@@ -42,25 +55,39 @@ class MemoryStore:
                     marks[key] = max(marks.get(key, -1), o)
         return marks
 
-    def load_ledger(
-        self, topic: str, partitions: Sequence[int]
-    ) -> dict[int, dict[tuple[str, str], int]]:
-        out: dict[int, dict[tuple[str, str], int]] = {p: {} for p in partitions}
+    def load_ledger_filter(
+        self, topic: str, partitions: Sequence[int], bits: int
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+        words: dict[int, int] = {}
         for t, r in self.ledger:
-            if t == topic and r.partition in out:
-                key = (r.user_id, r.batch_id)
-                out[r.partition][key] = min(out[r.partition].get(key, r.offset), r.offset)
-        return out
+            if t == topic and r.partition in partitions:
+                h = key_hash((r.partition, r.user_id, r.batch_id))
+                for pos in probe_positions(h, bits):
+                    words[pos >> 6] = words.get(pos >> 6, 0) | 1 << (pos & 63)
+        return np.array(list(words), np.uint64), np.array(list(words.values()), np.uint64)
+
+    def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
+        self.calls.append("look-up")
+        wanted = set(keys)
+        found: dict[Key, int] = {}
+        for t, r in self.ledger:
+            key = (r.partition, r.user_id, r.batch_id)
+            if t == topic and key in wanted:
+                found[key] = min(found.get(key, r.offset), r.offset)
+        return found
 
     def insert_ledger(self, topic: str, rows: Sequence[LedgerRow]) -> None:
         self.calls.append("ledger")
         self.ledger += [(topic, r) for r in rows]
 
-    def insert_block(self, block: Block) -> None:
+    def insert_block(self, topic: str, block: Block, owner: str) -> None:
         self.calls.append(block.table)
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("ClickHouse unavailable")
+        if any(self.claims.get(p) != owner for p in block.markers):
+            self.fenced_inserts += 1  # the server's WHERE is false: nothing inserted
+            return
         self.blocks.append(block)
         if self.lose_reply_next:
             self.lose_reply_next -= 1
@@ -89,6 +116,10 @@ def processor(store: MemoryStore, **kwargs: object) -> tuple[Processor, list[Raw
         **kwargs,  # type: ignore[arg-type]
     )
     return p, dead
+
+
+def renamed(batches: Sequence[TouchBatch], prefix: str) -> list[TouchBatch]:
+    return [replace(b, batch_id=prefix + b.batch_id) for b in batches]
 
 
 def raw(batches: Sequence[object], start: int = 0, partition: int = 0) -> list[RawRecord]:
@@ -173,3 +204,57 @@ async def test_poison_is_dead_lettered_and_its_offset_moves_on() -> None:
     assert [d.offset for d in dead] == [0, 1]
     assert p.flushed_offsets == {0: 2}
     assert {b.markers[0] for b in store.blocks} == {2}
+
+
+async def test_a_flush_of_a_writer_that_lost_its_partition_lands_nothing_and_raises() -> None:
+    store = MemoryStore()
+    p, _ = processor(store)
+    await p.process(raw(fleet_batches(2, 100)))
+    store.claim("t", [0], "another worker")  # the group moved partition 0 meanwhile
+    more = [replace(b, batch_id="more-" + b.batch_id) for b in fleet_batches(2, 100)]
+    with pytest.raises(Fenced):
+        await p.process(raw(more, start=2))
+    assert all(store.events(t) == 200 for t in TABLE_NAMES)
+    assert store.fenced_inserts == 3
+    assert p.flushed_offsets == {0: 1}
+    assert p.metrics.fenced_flushes._value.get() == 1
+
+
+async def test_ownership_is_checked_before_every_retry() -> None:
+    """ClickHouse failing past the rebalance: the retry loop stops once the partition moved."""
+    store = MemoryStore()
+    p, _ = processor(store)
+    await p.process(raw(fleet_batches(1, 10)))
+    store.fail_next = 10**9
+    task = asyncio.create_task(p.process(raw(renamed(fleet_batches(1, 10), "r-"), start=1)))
+    await asyncio.sleep(0.05)
+    assert not task.done()  # retrying: still the owner
+    store.claim("t", [0], "another worker")
+    with pytest.raises(Fenced):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_batch_prepared_before_a_rebalance_keeps_the_old_owner() -> None:
+    """Even regaining the partition later does not let a stale flush land."""
+    store = MemoryStore()
+    p, _ = processor(store)
+    await p.process(raw(fleet_batches(1, 10)))
+    prepared = await p.prepare(raw(renamed(fleet_batches(1, 10), "stale-"), start=1))
+    p.reset()  # rebalance; the same worker gets partition 0 again and claims it anew
+    await p.process(raw(renamed(fleet_batches(1, 10), "new-"), start=5))
+    with pytest.raises(Fenced):
+        await p.store(prepared)
+    assert all(store.events(t) == 20 for t in TABLE_NAMES)
+
+
+async def test_an_evicted_client_batch_id_is_looked_up_in_the_store() -> None:
+    store = MemoryStore()
+    p, _ = processor(store, ledger_entries=1_000)
+    batches = fleet_batches(1_500, 2)
+    await p.process(raw(batches))
+    assert len(p.ledger) <= 1_000
+    assert "look-up" not in store.calls  # new ids: no filter hit, no look-up
+    await p.process(raw(batches[:3], start=1_500))  # retries of evicted ids
+    assert "look-up" in store.calls
+    assert p.metrics.duplicate_batches._value.get() == 3
+    assert all(store.events(t) == 3_000 for t in TABLE_NAMES)
