@@ -13,7 +13,11 @@ also applies):
   the time window: not more than 24 h after the receive time and not older
   than ``HEATMAP_MAX_EVENT_AGE_S`` before it (``schemas.event_rules`` says
   why); ``nanos`` in [0, 1e9);
-* ``batch_id``: at most 128 characters (empty: the gateway assigns one).
+* ``batch_id``: at most 128 characters. Empty: if every event carries a
+  timestamp, the gateway derives one from the user id and the request's bytes
+  (``implicit_batch_id``), so a plain retry after UNAVAILABLE is counted
+  once; otherwise it assigns a random one (no deduplication: two genuine
+  identical requests without event times cannot be told from a retry).
 
 "Unset" means the field is absent on the wire; an explicit ``Timestamp{}``
 is the epoch itself (and so too old).
@@ -36,6 +40,7 @@ every offending field in request order.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from collections.abc import Sequence
@@ -246,11 +251,16 @@ def to_batch(
         raise BatchRejected(_violations(request, window))
 
     batch_id = request.batch_id
-    client_batch_id = bool(batch_id)
+    if not batch_id and first_second > 0:
+        # Every event carries its client time (seconds 0 would be too old), so
+        # a plain retry of this request is the same bytes and two genuine
+        # batches are not: the bytes can serve as the idempotency key.
+        batch_id = implicit_batch_id(user_id, data)
+    deduplicated = bool(batch_id)
     return TouchBatch(
         user_id=user_id,
-        batch_id=batch_id if client_batch_id else uuid.uuid4().hex,
-        client_batch_id=client_batch_id,
+        batch_id=batch_id if deduplicated else uuid.uuid4().hex,
+        client_batch_id=deduplicated,
         received_at_ms=received_at_ms,
         screen_dict=screen_dict,
         screen_index=screen_index,
@@ -261,6 +271,20 @@ def to_batch(
         timestamp_ms=timestamp_ms,
         event_type=event_type.astype(np.uint8),
     )
+
+
+IMPLICIT_PREFIX = "implicit:"
+
+
+def implicit_batch_id(user_id: str, data: bytes) -> str:
+    """The idempotency key of a request without ``batch_id`` whose events all carry a
+    timestamp: a digest of the user id and the request's bytes (128 bits, so
+    distinct requests never collide in practice). Clients that retry by
+    resending the same request are counted once, as with their own ``batch_id``."""
+    digest = hashlib.blake2b(user_id.encode(), digest_size=16)
+    digest.update(b"\0")
+    digest.update(data)
+    return IMPLICIT_PREFIX + digest.hexdigest()
 
 
 def _violations(

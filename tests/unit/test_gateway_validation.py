@@ -10,7 +10,7 @@ import pytest
 
 from heatmap.errors import InvalidArgument
 from ingest_gateway.columns import parse_columns, split
-from ingest_gateway.validation import BatchRejected, Undecodable, to_batch
+from ingest_gateway.validation import BatchRejected, Undecodable, implicit_batch_id, to_batch
 from schemas.event_rules import DEFAULT_MAX_EVENT_AGE_S
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import TouchBatch, decode_batch, encode_batch
@@ -105,6 +105,25 @@ def test_missing_batch_id_gets_a_generated_one() -> None:
     assert len(first.batch_id) == 32
     int(first.batch_id, 16)  # uuid4 hex
     assert first.batch_id != second.batch_id
+
+
+def test_without_batch_id_but_with_every_event_time_the_request_bytes_are_the_key() -> None:
+    req = request(event(ts_ms=NOW_MS - 1_000), event(ts_ms=NOW_MS - 2_000))
+    first, retry = build(req, "device-1"), build(req, "device-1", now_ms=NOW_MS + 5_000)
+    assert first.client_batch_id is True  # deduplicated by the worker like a client's own
+    assert (
+        first.batch_id == retry.batch_id == implicit_batch_id("device-1", req.SerializeToString())
+    )
+    assert first.batch_id.startswith("implicit:")
+    assert len(first.batch_id) <= 128
+    assert build(req, "device-2").batch_id != first.batch_id  # per user
+    other = request(event(ts_ms=NOW_MS - 1_000), event(ts_ms=NOW_MS - 2_001))
+    assert build(other, "device-1").batch_id != first.batch_id
+    # One event without a time: identical genuine requests are possible, so no key.
+    partial = build(request(event(ts_ms=NOW_MS - 1_000), event()), "device-1")
+    assert partial.client_batch_id is False
+    # A client's own batch_id always wins.
+    assert build(request(event(ts_ms=NOW_MS), batch_id="mine")).batch_id == "mine"
 
 
 # ------------------------------------------------------------------ coordinates
@@ -251,7 +270,14 @@ def test_columns_and_dictionaries_round_trip_through_the_kafka_format() -> None:
     req = request(
         event(screen_name="Home", campaign_id="", x=0.0, y=1.0, event_type=1, ts_ms=NOW_MS - 2_000),
         event(screen_name="Cart", campaign_id="spring", x=0.25, y=0.75, event_type=3),
-        event(screen_name="Home", campaign_id="spring", x=1.0, y=0.0, event_type=2, ts_ms=NOW_MS - 1_000),
+        event(
+            screen_name="Home",
+            campaign_id="spring",
+            x=1.0,
+            y=0.0,
+            event_type=2,
+            ts_ms=NOW_MS - 1_000,
+        ),
         batch_id="retry-key",
     )
     batch = build(req, "device-7", NOW_MS)
@@ -389,7 +415,11 @@ def test_hand_made_encodings_read_like_the_ordinary_decode() -> None:
     batch = to_batch(req_bytes, "u", NOW_MS)
     want = reference(ordinary)
     assert [batch.campaign_dict[i] for i in batch.campaign_index] == want["campaign"]
-    assert batch.timestamp_ms.tolist() == want["ts"] == [t, t + 1_000, t + 2_000, (t + 3_000) // 1000 * 1000 + 1]
+    assert (
+        batch.timestamp_ms.tolist()
+        == want["ts"]
+        == [t, t + 1_000, t + 2_000, (t + 3_000) // 1000 * 1000 + 1]
+    )
 
 
 def test_a_nanos_equal_to_the_column_marker_is_rejected_like_any_bad_nanos() -> None:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from heatmap.clickhouse import load_migrations, split_statements
 from schemas import codegen
 from schemas.heatmap.v1 import heatmap_pb2
@@ -15,8 +17,8 @@ def test_generated_code_is_fresh() -> None:
 
 def test_contract_copy_only_adds_to_the_shared_contract() -> None:
     shared = ROOT.parent / "shared" / "contract" / "heatmap.proto"
-    if not shared.exists():  # a clone without ../shared: nothing to compare against
-        return
+    if not shared.exists():
+        pytest.skip("the agreed contract is not beside this clone (../shared/contract)")
     ours = (ROOT / "schemas/heatmap/v1/heatmap.proto").read_text()
     for line in shared.read_text().splitlines():
         if "=" in line and ";" in line:  # every field, enum value and option stays as it is

@@ -110,7 +110,13 @@ class TouchEvent(_message.Message):
     """required (not UNSPECIFIED)"""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
-        """unset: server receive time; > 24 h in the future: invalid"""
+        """Time window: also invalid when older than the server's accepted age
+        (HEATMAP_MAX_EVENT_AGE_S, default 30 days) before the receive time, or
+        with nanos outside [0, 1e9). Out-of-window times are rejected (the whole
+        request, INVALID_ARGUMENT naming each event), not clamped: a clamped touch
+        would be counted in an hour it did not happen in.
+        unset: server receive time; > 24 h in the future: invalid
+        """
 
     def __init__(
         self,
@@ -139,6 +145,13 @@ class IngestTouchEventsRequest(_message.Message):
     batch_id: _builtins.str
     """Optional client idempotency key (at most 128 characters). A retried
     request with the same batch_id from the same user is counted once.
+    Empty: if every event carries a timestamp, the server derives the key from
+    the user id and the request's bytes, so resending the same request after
+    UNAVAILABLE or DEADLINE_EXCEEDED is counted once as well. If some event
+    has no timestamp, two genuine identical requests are indistinguishable
+    from a retry, so none is derived: such a retry after UNAVAILABLE from a
+    timed-out delivery may be counted twice. Send batch_id to be safe always.
+    Deduplication holds for the ledger's retention (7 days).
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TouchEvent]:
