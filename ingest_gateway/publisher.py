@@ -15,7 +15,10 @@ Failure modes map to retryable codes:
 * the local queue is full (``BufferError``): ``ResourceExhausted``. The queue
   is bounded by ``producer_queue_max_messages`` / ``_kbytes``, so a slow or
   absent broker makes the gateway push back instead of growing without bound;
-* delivery failed, or no report within ``publish_timeout_s``: ``Unavailable``.
+* delivery failed, or no report within ``publish_timeout_s``: ``Unavailable``,
+  whose message says "not stored" where librdkafka knows the message never
+  left the client, else that it may have been stored and the same request
+  should be resent;
   ``message.timeout.ms`` equals the publish timeout, so librdkafka gives up
   on the message at about the time the caller is told to retry; a message it
   still delivers later is a duplicate that the worker drops by batch id when
@@ -68,6 +71,16 @@ from heatmap.settings import KafkaSettings
 logger = logging.getLogger(__name__)
 
 FORMAT_HEADER = ("format", b"touch_batch.v1")
+# librdkafka's errors for a message that never left the client (its
+# NOT_PERSISTED status; the Python client does not expose the status itself).
+# Any other failure, a timeout above all, may have reached the broker.
+_NOT_PERSISTED = frozenset(
+    {KafkaError._PURGE_QUEUE, KafkaError._QUEUE_FULL, KafkaError.MSG_SIZE_TOO_LARGE}
+)
+_MAYBE = (
+    "it may have been stored: resend the same request (deduplicated by batch_id, "
+    "or by its bytes when every event has a timestamp)"
+)
 
 
 class EventPublisher(Protocol):
@@ -196,9 +209,9 @@ class KafkaPublisher:
                 on_delivery=functools.partial(self._delivered, future),
             )
         except BufferError as e:
-            raise ResourceExhausted("Kafka producer queue is full; retry later") from e
+            raise ResourceExhausted("Kafka producer queue is full; not stored, retry later") from e
         except KafkaException as e:
-            raise Unavailable(f"Kafka produce failed: {e}") from e
+            raise Unavailable(f"Kafka produce failed, not stored: {e}") from e
         if self._pump is None:
             self._pump = asyncio.create_task(self._pump_reports())
         try:
@@ -206,9 +219,11 @@ class KafkaPublisher:
             async with asyncio.timeout(timeout_s):
                 await future
         except TimeoutError as e:
-            raise Unavailable(f"no Kafka delivery report within {timeout_s:g}s") from e
+            raise Unavailable(f"no Kafka delivery report within {timeout_s:g}s; {_MAYBE}") from e
         except KafkaException as e:
-            raise Unavailable(f"Kafka delivery failed: {e.args[0]}") from e
+            error = e.args[0]
+            stored = "not stored" if error.code() in _NOT_PERSISTED else _MAYBE
+            raise Unavailable(f"Kafka delivery failed ({error.str()}); {stored}") from e
 
     # ------------------------------------------------------------ internals
 
