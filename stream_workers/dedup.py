@@ -57,13 +57,15 @@ def filter_bits(filter_bytes: int) -> int:
     return 1 << (bits.bit_length() - 1)
 
 
-def probe_positions_sql(bits: int) -> str:
-    """Array of the filter positions of the key of a ledger row (ClickHouse, UInt64 wraps)."""
-    h = FILTER_HASH_SQL
-    step = f"bitOr(bitShiftRight({h}, 29), 1)"
+def probe_positions_sql(bits: int, h: str = "h") -> str:
+    """Array of the filter positions of hash column ``h`` (ClickHouse, UInt64 wraps like ``h``).
+
+    ``h`` names a column (computed once per row), not the hash expression:
+    inside the lambda the expression would be evaluated once per probe.
+    """
     return (
-        "arrayMap(i -> bitAnd("
-        f"{h} + toUInt64(i) * {step}, toUInt64({bits - 1})), range({FILTER_PROBES}))"
+        f"arrayMap(i -> bitAnd({h} + toUInt64(i) * bitOr(bitShiftRight({h}, 29), 1), "
+        f"toUInt64({bits - 1})), range({FILTER_PROBES}))"
     )
 
 
@@ -88,10 +90,19 @@ class BloomFilter:
         for pos in probe_positions(h, self.bits):
             self.words[pos >> 6] |= np.uint64(1 << (pos & 63))
 
-    def add_words(self, index: npt.NDArray[np.uint64], bits: npt.NDArray[np.uint64]) -> None:
-        """OR in (word index, bits) pairs, each index at most once (grouped by ClickHouse)."""
-        idx = index.astype(np.int64)
-        self.words[idx] |= bits.astype(np.uint64)
+    def add_positions(self, positions: npt.NDArray[np.uint64]) -> None:
+        """Set the bits at ``positions`` (one block of them, as ClickHouse streams them).
+
+        Sorted, so that each word is OR-ed once with all its bits
+        (``reduceat``); a fancy-index ``|=`` would drop repeats of a word.
+        """
+        if not len(positions):
+            return
+        pos = np.sort(positions.astype(np.uint64, copy=False))
+        word = pos >> np.uint64(6)
+        bit = np.left_shift(np.uint64(1), pos & np.uint64(63))
+        starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
+        self.words[word[starts].astype(np.int64)] |= np.bitwise_or.reduceat(bit, starts)
 
     def __contains__(self, h: int) -> bool:
         words = self.words
@@ -113,11 +124,8 @@ class BatchLedger:
     def loaded(self, partition: int) -> bool:
         return partition in self._loaded
 
-    def load(
-        self, partition: int, index: npt.NDArray[np.uint64], bits: npt.NDArray[np.uint64]
-    ) -> None:
-        """Add one partition's ledger in ClickHouse, as filter words computed there."""
-        self.filter.add_words(index, bits)
+    def load(self, partition: int) -> None:
+        """The partition's ledger in ClickHouse is in the filter (``load_ledger_filter``)."""
         self._loaded.add(partition)
 
     def forget(self) -> None:

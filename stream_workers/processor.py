@@ -233,25 +233,26 @@ class Processor:
         marks = await self._retry(
             "load watermarks", self.cells.load_watermarks, self.topic, partitions
         )
-        index, bits = await self._retry(
-            "load ledger",
+        # A retry after a failure part-way sets some bits twice: harmless.
+        positions = await self._retry(
+            "load ledger filter",
             self.cells.load_ledger_filter,
             self.topic,
             partitions,
-            self.ledger.filter.bits,
+            self.ledger.filter,
         )
         if owner != self.owner:  # a rebalance happened meanwhile: state of a past assignment
             raise Fenced(f"{self.topic}[{partitions}]: reassigned while loading")
         self.watermarks.update(marks)
         for p in partitions:
-            self.ledger.load(p, index, bits)
+            self.ledger.load(p)
             self._loaded.add(p)
         logger.info(
-            "loaded state of %s[%s] (claimed): %d watermarks, ledger filter of %d words",
+            "loaded state of %s[%s] (claimed): %d watermarks, %d ledger filter positions",
             self.topic,
             ",".join(map(str, partitions)),
             len(marks),
-            len(index),
+            positions,
         )
 
     async def _prepare_chunk(self, chunk: list[Record]) -> Chunk:

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 from clickhouse_connect.driver.client import Client
 
 from stream_workers.aggregator import TABLE_NAMES, Block, marker_campaign
-from stream_workers.dedup import Key, probe_positions_sql
+from stream_workers.dedup import FILTER_HASH_SQL, BloomFilter, Key, probe_positions_sql
 from stream_workers.native import NumberColumn, StringColumn, encode_block
 
 logger = logging.getLogger(__name__)
@@ -41,8 +40,8 @@ MAX_BLOCK_ROWS = 1_000_000
 # Rows of a block are already unique per key (aggregated by the worker): merging
 # them again on insert is wasted work. Nothing here splits or reorders the block.
 INSERT_SETTINGS = {"optimize_on_insert": 0}
-
-U64Array = npt.NDArray[np.uint64]
+# Filter positions per streamed block when loading the ledger filter (2 MiB).
+FILTER_BLOCK_ROWS = 262_144
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ class CellStore(Protocol):
     ) -> dict[tuple[str, int, int], int]: ...
 
     def load_ledger_filter(
-        self, topic: str, partitions: Sequence[int], bits: int
-    ) -> tuple[U64Array, U64Array]: ...
+        self, topic: str, partitions: Sequence[int], into: BloomFilter
+    ) -> int: ...
 
     def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]: ...
 
@@ -170,28 +169,32 @@ class ClickHouseCellStore:
                 found[(table, names[str(campaign)], int(month))] = int(offset)
         return found
 
-    def load_ledger_filter(
-        self, topic: str, partitions: Sequence[int], bits: int
-    ) -> tuple[U64Array, U64Array]:
-        """The ledger window of ``partitions`` as Bloom filter words (index, bits).
+    def load_ledger_filter(self, topic: str, partitions: Sequence[int], into: BloomFilter) -> int:
+        """Add the ledger window of ``partitions`` to ``into``; returns the positions set.
 
-        ClickHouse hashes and groups the keys, so the worker receives at most
-        one row per 64 filter bits, however many keys the window holds.
+        ClickHouse hashes the keys and streams their filter positions in
+        blocks, so the worker holds one block at a time, however many ids the
+        window holds (no GROUP BY either: its hash table would grow with them).
         """
-        empty = np.zeros(0, dtype=np.uint64)
         if not partitions:
-            return empty, empty
-        words = self._client.query_np(
-            "SELECT toUInt64(intDiv(pos, 64)) AS word, "
-            "groupBitOr(bitShiftLeft(toUInt64(1), pos % 64)) "
-            f"FROM (SELECT arrayJoin({probe_positions_sql(bits)}) AS pos FROM {LEDGER_TABLE} "
+            return 0
+        query = (
+            f"SELECT arrayJoin({probe_positions_sql(into.bits, 'h')}) AS pos "
+            f"FROM (SELECT {FILTER_HASH_SQL} AS h FROM {LEDGER_TABLE} "
             "WHERE topic = {topic:String} AND kafka_partition IN {partitions:Array(UInt32)} "
-            f"AND received_at >= now() - INTERVAL {LEDGER_DAYS} DAY) GROUP BY word",
-            parameters={"topic": topic, "partitions": list(partitions)},
+            f"AND received_at >= now() - INTERVAL {LEDGER_DAYS} DAY)"
         )
-        if not len(words):
-            return empty, empty
-        return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
+        added = 0
+        with self._client.query_np_stream(
+            query,
+            parameters={"topic": topic, "partitions": list(partitions)},
+            settings={"max_block_size": FILTER_BLOCK_ROWS},
+        ) as blocks:
+            for block in blocks:
+                positions = np.asarray(block, dtype=np.uint64).reshape(-1)
+                into.add_positions(positions)
+                added += len(positions)
+        return added
 
     def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
         """First stored offset of each key in the ledger window (absent: never stored)."""

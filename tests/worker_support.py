@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -35,7 +34,7 @@ from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings, Worker
 from schemas.touch_batch import TouchBatch, encode_batch
 from stream_workers.aggregator import Block
 from stream_workers.app import FaustTuning, Worker
-from stream_workers.dedup import Key
+from stream_workers.dedup import BloomFilter, Key
 from stream_workers.sink import CellStore, LedgerRow
 
 CellKey = tuple[Any, ...]
@@ -391,10 +390,8 @@ class StallingStore:
     ) -> dict[tuple[str, int, int], int]:
         return self.inner.load_watermarks(topic, partitions)
 
-    def load_ledger_filter(
-        self, topic: str, partitions: Sequence[int], bits: int
-    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-        return self.inner.load_ledger_filter(topic, partitions, bits)
+    def load_ledger_filter(self, topic: str, partitions: Sequence[int], into: BloomFilter) -> int:
+        return self.inner.load_ledger_filter(topic, partitions, into)
 
     def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
         return self.inner.look_up_ledger(topic, keys)

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from prometheus_client import CollectorRegistry
 
 from schemas.touch_batch import TouchBatch, encode_batch
 from stream_workers.aggregator import TABLE_NAMES, Block
-from stream_workers.dedup import Key, key_hash, probe_positions
+from stream_workers.dedup import BloomFilter, Key, key_hash, probe_positions
 from stream_workers.metrics import WorkerMetrics
 from stream_workers.processor import Fenced, FlushAbandoned, Processor, RawRecord
 from stream_workers.sink import LedgerRow
@@ -55,16 +54,15 @@ class MemoryStore:
                     marks[key] = max(marks.get(key, -1), o)
         return marks
 
-    def load_ledger_filter(
-        self, topic: str, partitions: Sequence[int], bits: int
-    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
-        words: dict[int, int] = {}
-        for t, r in self.ledger:
-            if t == topic and r.partition in partitions:
-                h = key_hash((r.partition, r.user_id, r.batch_id))
-                for pos in probe_positions(h, bits):
-                    words[pos >> 6] = words.get(pos >> 6, 0) | 1 << (pos & 63)
-        return np.array(list(words), np.uint64), np.array(list(words.values()), np.uint64)
+    def load_ledger_filter(self, topic: str, partitions: Sequence[int], into: BloomFilter) -> int:
+        positions = [
+            pos
+            for t, r in self.ledger
+            if t == topic and r.partition in partitions
+            for pos in probe_positions(key_hash((r.partition, r.user_id, r.batch_id)), into.bits)
+        ]
+        into.add_positions(np.array(positions, dtype=np.uint64))
+        return len(positions)
 
     def look_up_ledger(self, topic: str, keys: Sequence[Key]) -> dict[Key, int]:
         self.calls.append("look-up")
