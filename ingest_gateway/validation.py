@@ -150,16 +150,14 @@ def _from_parser(
 ) -> _Columns | None:
     """The columns transposed by the parser, or None if the wire form is not canonical."""
     n = len(events)
-    if request.SerializeToString() != data:
-        return None  # not canonical: cheapest test first
+    if not canonical(data, request):
+        return None
     try:
         columns = parse_columns(events)
     except DecodeError:
         # The shadow schema is stricter in one place: a packed x (say) whose
         # length is not a multiple of 4 is corrupt to it, an unknown field to
         # protobuf. The ordinary decode has the answer.
-        return None
-    if not canonical(data, request, columns):
         return None
 
     def each(name: str) -> list[Any]:
@@ -180,7 +178,9 @@ def _from_parser(
         sec = np.array([t.seconds for t in stamps], dtype=np.int64)
         nano = np.array([t.nanos for t in stamps], dtype=np.int64)
     unset: npt.NDArray[np.intp] | None = None
-    if not columns.any_timestamp_field():  # a fleet leaving the time to the server
+    # Only when some time reads (0, 0) is it worth asking which are absent; one
+    # more parse tells the usual case, a fleet leaving the time to the server.
+    if not sec.all() and not columns.any_timestamp_field():
         unset = np.arange(n, dtype=np.intp)
     return _Columns(
         x=np.array(column(columns.x, "x"), dtype=np.float32),
