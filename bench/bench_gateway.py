@@ -22,7 +22,7 @@ What it does (everything on loopback, everything stopped at the end):
 4. medians over the repeats, printed as a table and one JSON line.
 
 The machine is shared (2 cores): Kafka, the server and the clients compete
-for CPU, as they did for the ceiling figure in DESIGN.md.
+for CPU, as they did for the ceiling figure in docs/measurements.md.
 """
 
 from __future__ import annotations

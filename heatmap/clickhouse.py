@@ -4,7 +4,7 @@ One code path for both engines: ``chdb:///path`` (the ClickHouse engine
 in-process, through clickhouse-connect's chDB backend) and
 ``http(s)://user:pass@host:8123/db`` (a server). The SQL is identical.
 
-chDB facts that shape callers (see DESIGN.md): one process opens one chDB path,
+chDB facts that shape callers (docs/measurements.md): one process opens one chDB path,
 a second process on the same path fails with a lock error; the async client
 does not take ``chdb://``, so async code calls the sync client through
 ``asyncio.to_thread``; one client is thread-safe but serialises calls.

@@ -90,6 +90,6 @@ def clickhouse_service(workdir: Path) -> Iterator[str]:
             host, port = ch.get_container_host_ip(), ch.get_exposed_port(8123)
             yield f"http://{ch.username}:{ch.password}@{host}:{port}/default"
         return
-    # chDB: one path per process (DESIGN.md), shared by the whole test session;
+    # chDB: one path per process (docs/measurements.md), shared by the whole test session;
     # tests isolate themselves with a random database each.
     yield f"chdb://{workdir}"
