@@ -378,7 +378,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         jwt_issuer=r.raw("JWT_ISSUER"),
         jwt_leeway_s=r.get("JWT_LEEWAY_S", float, 30.0, "must be a number of seconds"),
         jwt_jwks_url=jwks_url,
-        jwt_jwks_lifespan_s=r.positive_float("JWT_JWKS_LIFESPAN_S", AuthSettings.jwt_jwks_lifespan_s),
+        jwt_jwks_lifespan_s=r.positive_float(
+            "JWT_JWKS_LIFESPAN_S", AuthSettings.jwt_jwks_lifespan_s
+        ),
         jwt_jwks_cooldown_s=r.get(
             "JWT_JWKS_COOLDOWN_S",
             _non_negative_float,
