@@ -1,10 +1,11 @@
 """``heatmap loadgen``: a synthetic fleet sending real IngestTouchEvents batches at a target rate.
 
-Requests are built up front from ``heatmap.fleet`` (so sending costs no
-protobuf building) and sent as raw bytes over grpc.aio by ``concurrency``
-senders following an open-loop schedule: request k is due at
+Requests are built up front from ``heatmap.fleet`` (so sending re-encodes
+one event per request, not the batch) and sent as raw bytes over grpc.aio by
+``concurrency`` senders following an open-loop schedule: request k is due at
 ``k * batch_size / rate`` seconds. Each batch comes from one device with its
-own token (``sub`` = device id). Prints a progress bar and a summary.
+own token (``sub`` = device id), and no two requests are the same bytes
+(``DistinctRequests``). Prints a progress bar and a summary.
 """
 
 from __future__ import annotations
@@ -70,9 +71,49 @@ def build_requests(fleet: Fleet, count: int, batch_size: int) -> list[bytes]:
     return requests
 
 
+class DistinctRequests:
+    """Request ``k`` of an endless stream in which no two requests are the same bytes.
+
+    The gateway takes the same bytes from the same user for a resend (the
+    implicit idempotency key of a request without ``batch_id``) and counts
+    them once, so a load cycling through a pool of requests would be
+    acknowledged in full and counted in part. Request ``k`` is template
+    ``k % n`` with its last event's timestamp moved ``k // n`` ms on: cheap
+    (one event re-encoded per request), same events and screens as the
+    template, and unique for every ``k``.
+    """
+
+    def __init__(self, templates: list[bytes]) -> None:
+        self._prefixes: list[bytes] = []
+        self._last: list[heatmap_pb2.TouchEvent] = []
+        self.screens: list[Counter[str]] = []  # per template: events per screen
+        for data in templates:
+            request = heatmap_pb2.IngestTouchEventsRequest.FromString(data)
+            self.screens.append(Counter(e.screen_name for e in request.events))
+            self._last.append(request.events.pop())
+            # Repeated fields concatenate: prefix + one-event message = the whole request.
+            self._prefixes.append(request.SerializeToString())
+
+    def __len__(self) -> int:
+        return 1 << 62  # endless; send_load indexes with k % len
+
+    def __getitem__(self, k: int) -> bytes:
+        n = len(self._prefixes)
+        last = heatmap_pb2.TouchEvent()
+        last.CopyFrom(self._last[k % n])
+        shift = k // n
+        if shift:
+            last.timestamp.FromMilliseconds(last.timestamp.ToMilliseconds() + shift)
+        tail = heatmap_pb2.IngestTouchEventsRequest(events=[last]).SerializeToString()
+        return self._prefixes[k % n] + tail
+
+    def screen_counts(self, k: int) -> Counter[str]:
+        return self.screens[k % len(self._prefixes)]
+
+
 async def send_load(
     target: str,
-    requests: list[bytes],
+    requests: list[bytes] | DistinctRequests,
     tokens: list[str],
     *,
     rate: float,
@@ -129,8 +170,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         raise SettingsError("HEATMAP_JWT_SECRET (or --token-secret): needed to mint device tokens")
     fleet = Fleet(FleetSpec(users=args.devices, seed=args.seed))
     distinct = max(1, min(400, int(args.rate * args.duration / args.batch_size)))
-    print(f"building {distinct} distinct requests of {args.batch_size} events...")
-    requests = build_requests(fleet, distinct, args.batch_size)
+    print(f"building {distinct} request templates of {args.batch_size} events...")
+    requests = DistinctRequests(build_requests(fleet, distinct, args.batch_size))
     tokens = [mint_token(secret, fleet.user_id(i), []) for i in range(args.devices)]
     report = asyncio.run(
         send_load(
