@@ -75,38 +75,42 @@ def probe_positions(h: int, bits: int) -> list[int]:
 
 
 class BloomFilter:
+    """Bits in a ``bytearray`` (fast single-bit Python access), viewed by numpy for bulk loads."""
+
     def __init__(self, filter_bytes: int) -> None:
         self.bits = filter_bits(filter_bytes)
-        self.words: npt.NDArray[np.uint64] = np.zeros(self.bits // 64, dtype=np.uint64)
+        self._bytes = bytearray(self.bits // 8)
+        self.words: npt.NDArray[np.uint8] = np.frombuffer(self._bytes, dtype=np.uint8)
 
     @property
     def nbytes(self) -> int:
-        return int(self.words.nbytes)
+        return len(self._bytes)
 
     def clear(self) -> None:
         self.words.fill(0)
 
     def add(self, h: int) -> None:
+        data = self._bytes
         for pos in probe_positions(h, self.bits):
-            self.words[pos >> 6] |= np.uint64(1 << (pos & 63))
+            data[pos >> 3] |= 1 << (pos & 7)
 
     def add_positions(self, positions: npt.NDArray[np.uint64]) -> None:
         """Set the bits at ``positions`` (one block of them, as ClickHouse streams them).
 
-        Sorted, so that each word is OR-ed once with all its bits
-        (``reduceat``); a fancy-index ``|=`` would drop repeats of a word.
+        Sorted, so that each byte is OR-ed once with all its bits
+        (``reduceat``); a fancy-index ``|=`` would drop repeats of a byte.
         """
         if not len(positions):
             return
         pos = np.sort(positions.astype(np.uint64, copy=False))
-        word = pos >> np.uint64(6)
-        bit = np.left_shift(np.uint64(1), pos & np.uint64(63))
-        starts = np.flatnonzero(np.concatenate(([True], word[1:] != word[:-1])))
-        self.words[word[starts].astype(np.int64)] |= np.bitwise_or.reduceat(bit, starts)
+        byte = pos >> np.uint64(3)
+        bit = np.left_shift(np.uint8(1), (pos & np.uint64(7)).astype(np.uint8))
+        starts = np.flatnonzero(np.concatenate(([True], byte[1:] != byte[:-1])))
+        self.words[byte[starts].astype(np.int64)] |= np.bitwise_or.reduceat(bit, starts)
 
     def __contains__(self, h: int) -> bool:
-        words = self.words
-        return all(int(words[pos >> 6]) >> (pos & 63) & 1 for pos in probe_positions(h, self.bits))
+        data = self._bytes
+        return all(data[pos >> 3] >> (pos & 7) & 1 for pos in probe_positions(h, self.bits))
 
 
 class BatchLedger:
@@ -115,6 +119,7 @@ class BatchLedger:
         self._recent: OrderedDict[Key, int] = OrderedDict()
         self._pending: dict[Key, int] = {}
         self._loaded: set[int] = set()
+        self._hashes: dict[Key, int] = {}  # of the chunk being admitted (see ``to_look_up``)
         self.filter = BloomFilter(filter_bytes)
 
     def __len__(self) -> int:
@@ -132,6 +137,7 @@ class BatchLedger:
         self._recent.clear()
         self._pending.clear()
         self._loaded.clear()
+        self._hashes.clear()
         self.filter.clear()
 
     def _known(self, key: Key) -> int | None:
@@ -143,12 +149,20 @@ class BatchLedger:
         return first
 
     def to_look_up(self, keys: Iterable[Key]) -> list[Key]:
-        """Keys whose first offset only ClickHouse can tell (filter hits not held exactly)."""
-        return [
-            k
-            for k in dict.fromkeys(keys)
-            if k not in self._pending and k not in self._recent and key_hash(k) in self.filter
-        ]
+        """Keys whose first offset only ClickHouse can tell (filter hits not held exactly).
+
+        Keeps the hashes it computed for the ``admit`` calls of the same chunk.
+        """
+        hashes = self._hashes
+        hashes.clear()
+        out = []
+        for k in dict.fromkeys(keys):
+            if k in self._pending or k in self._recent:
+                continue
+            h = hashes[k] = key_hash(k)
+            if h in self.filter:
+                out.append(k)
+        return out
 
     def admit(self, key: Key, offset: int, found: Mapping[Key, int]) -> tuple[bool, bool]:
         """(is_duplicate, must_record) for the batch ``key`` at ``offset``.
@@ -161,7 +175,8 @@ class BatchLedger:
             first = found.get(key)
         if first is None or offset < first:
             self._pending[key] = offset
-            self.filter.add(key_hash(key))
+            h = self._hashes.get(key)
+            self.filter.add(key_hash(key) if h is None else h)
             return False, True
         if first == offset:
             self._remember(key, first)
