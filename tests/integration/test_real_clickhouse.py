@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from heatmap.clickhouse import connect, migrate
+from heatmap.clickhouse import connect, load_migrations, migrate
 from heatmap.settings import ClickHouseSettings
 
 
@@ -78,7 +78,8 @@ def test_heatmap_migrate_command_on_a_fresh_chdb_path(tmp_path: Path) -> None:
             check=True,
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    assert runs[0]["applied"] == [
+    assert runs[0]["applied"] == [f"{m.version:03d}_{m.name}" for m in load_migrations()]
+    assert runs[0]["applied"][:3] == [
         "001_touch_cells",
         "002_ingest_batches",
         "003_screen_cell_projections",
