@@ -194,6 +194,12 @@ class LoadClient:
         points = [start, *self.ack_times[lo:hi], end]
         return max(b - a for a, b in itertools.pairwise(points))
 
+    def timeline(self, start: float, end: float, step_s: float = 30.0) -> list[int]:
+        """Events acknowledged per second in each ``step_s`` window of [start, end]."""
+        edges = [start + i * step_s for i in range(int((end - start) / step_s) + 1)]
+        marks = [bisect.bisect_left(self.ack_times, t) for t in edges]
+        return [round((b - a) * BATCH / step_s) for a, b in itertools.pairwise(marks)]
+
     def _run(self, rate: float | None) -> None:
         try:
             asyncio.run(self._main(rate))
@@ -534,7 +540,11 @@ def steady(seconds: float, client: LoadClient, stack: Stack, faults: list[Fault]
             faults.append(extra)
             wait_recovered(extra, client, stack, faults)
             log(f"  recovered in {extra.ttr_s:.1f}s")
+        before = time.monotonic()
         time.sleep(0.5)
+        late = time.monotonic() - before - 0.5
+        if late > 2.0:  # this process starved (shared machine): say so, the figures suffer
+            log(f"  (the fault schedule's 0.5 s sleep took {late + 0.5:.1f}s)")
 
 
 def calibrate(client: LoadClient, counts: Counts, seconds: float) -> tuple[float, float, float]:
@@ -709,6 +719,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
             "screens_mismatched": len(mismatched),
             "device_screen_pairs_mismatched": per_user_bad,
             "unplanned": [f.note for f in faults if f.kind.startswith("unplanned")],
+            "acknowledged_events_per_s_by_30s": client.timeline(t0, t0 + soak_s),
         }
         print(json.dumps(result, indent=2))
         ok = (
