@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from heatmap.settings import Settings
+from tests.deploy_support import assert_complete, sections
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deploy/compose"
@@ -166,17 +167,12 @@ def test_credentials_match_between_the_env_files_and_the_backing_services() -> N
         assert urlsplit(env["HEATMAP_S3_ENDPOINT"]).hostname == "minio"
 
 
-def _sections(env: dict[str, str]) -> set[str]:
-    prefixes = ("KAFKA", "CLICKHOUSE", "S3", "JWT")
-    return {p for key in env for p in prefixes if key.startswith(f"HEATMAP_{p}_")}
-
-
 def test_each_container_holds_only_the_credentials_it_uses() -> None:
-    assert _sections(_service_env("gateway")) == {"KAFKA", "JWT"}
-    assert _sections(_service_env("worker")) == {"KAFKA", "CLICKHOUSE"}
-    assert _sections(_service_env("query-api")) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
-    assert _sections(_service_env("init")) == {"KAFKA", "S3"}
-    assert _sections(_service_env("migrate")) == {"KAFKA", "CLICKHOUSE"}
+    assert sections(_service_env("gateway")) == {"KAFKA", "JWT"}
+    assert sections(_service_env("worker")) == {"KAFKA", "CLICKHOUSE"}
+    assert sections(_service_env("query-api")) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
+    assert sections(_service_env("init")) == {"KAFKA", "S3"}
+    assert sections(_service_env("migrate")) == {"KAFKA", "CLICKHOUSE"}
 
 
 def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
@@ -195,24 +191,7 @@ def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
 
 @pytest.mark.parametrize("name", APP_SERVICES + ONE_SHOTS)
 def test_each_container_s_settings_are_complete_for_its_deployable(name: str) -> None:
-    settings = Settings.from_env(_service_env(name))
-    needs = {
-        "gateway": (settings.require_kafka, settings.require_auth),
-        "worker": (settings.require_kafka, settings.require_clickhouse),
-        "query-api": (
-            settings.require_clickhouse,
-            settings.require_auth,
-            settings.require_screenshot_store,
-        ),
-        "init": (settings.require_kafka,),
-        "migrate": (settings.require_clickhouse,),
-    }
-    for require in needs[name]:
-        require()
-    if name == "init":
-        assert settings.s3.endpoint  # the bucket is created there
-    if name == "migrate":
-        assert settings.clickhouse.readonly_url
+    assert_complete(Settings.from_env(_service_env(name)), name)
 
 
 def test_the_compose_file_matches_the_compose_specification_schema() -> None:

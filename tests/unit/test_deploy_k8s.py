@@ -24,6 +24,7 @@ import yaml
 
 from heatmap.grpc_server import LIVENESS
 from heatmap.settings import Settings
+from tests.deploy_support import assert_complete, sections
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy/k8s"
@@ -98,11 +99,6 @@ def _container_env(container: dict[str, Any]) -> dict[str, str]:
         ref = var["valueFrom"]["secretKeyRef"]
         env[var["name"]] = secrets[ref["name"]][ref["key"]]
     return env
-
-
-def _sections(env: dict[str, str]) -> set[str]:
-    prefixes = ("KAFKA", "CLICKHOUSE", "S3", "JWT")
-    return {p for key in env for p in prefixes if key.startswith(f"HEATMAP_{p}_")}
 
 
 def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
@@ -237,11 +233,11 @@ def test_config_and_secrets_hold_only_known_settings() -> None:
 
 def test_each_pod_holds_only_the_credentials_it_uses() -> None:
     env = {name: _container_env(c) for name, c in _workloads().items() if name != "envoy"}
-    assert _sections(env["gateway"]) == {"KAFKA", "JWT"}
-    assert _sections(env["worker"]) == {"KAFKA", "CLICKHOUSE"}
-    assert _sections(env["query-api"]) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
-    assert _sections(env["heatmap-init"]) == {"KAFKA", "S3"}
-    assert _sections(env["heatmap-migrate"]) == {"KAFKA", "CLICKHOUSE"}
+    assert sections(env["gateway"]) == {"KAFKA", "JWT"}
+    assert sections(env["worker"]) == {"KAFKA", "CLICKHOUSE"}
+    assert sections(env["query-api"]) == {"KAFKA", "CLICKHOUSE", "S3", "JWT"}
+    assert sections(env["heatmap-init"]) == {"KAFKA", "S3"}
+    assert sections(env["heatmap-migrate"]) == {"KAFKA", "CLICKHOUSE"}
 
 
 def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
@@ -261,24 +257,9 @@ def test_the_query_api_reads_clickhouse_as_the_user_migrate_creates() -> None:
     "name", ["gateway", "worker", "query-api", "heatmap-init", "heatmap-migrate"]
 )
 def test_each_pod_s_settings_are_complete_for_its_deployable(name: str) -> None:
-    settings = Settings.from_env(_container_env(_workloads()[name]))
-    needs = {
-        "gateway": (settings.require_kafka, settings.require_auth),
-        "worker": (settings.require_kafka, settings.require_clickhouse),
-        "query-api": (
-            settings.require_clickhouse,
-            settings.require_auth,
-            settings.require_screenshot_store,
-        ),
-        "heatmap-init": (settings.require_kafka,),
-        "heatmap-migrate": (settings.require_clickhouse,),
-    }
-    for require in needs[name]:
-        require()
-    if name == "heatmap-init":
-        assert settings.s3.endpoint  # the bucket is created there
-    if name == "heatmap-migrate":
-        assert settings.clickhouse.readonly_url
+    assert_complete(
+        Settings.from_env(_container_env(_workloads()[name])), name.removeprefix("heatmap-")
+    )
 
 
 # ------------------------------------------------------------ schema validation
