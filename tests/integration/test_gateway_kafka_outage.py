@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -29,16 +27,6 @@ from tests.integration.test_gateway_support import (
 )
 
 PUBLISH_TIMEOUT_S = 2.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path / "kafka", heap_mb=384)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 async def test_broker_down_gives_unavailable_within_the_deadline_and_recovers(

@@ -18,14 +18,10 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import grpc
-import pytest
 from clickhouse_connect.driver.client import Client
 
-from heatmap.clickhouse import connect
 from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
 from ingest_gateway.validation import to_batch
@@ -50,34 +46,6 @@ from tests.worker_support import (
 
 PUBLISH_TIMEOUT_S = 1.5
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(tmp_path / "kafka", heap_mb=384)
-    broker.start()
-    try:
-        yield broker
-    finally:
-        pid = broker.pid
-        if pid is not None:
-            os.kill(pid, signal.SIGCONT)  # never leave it frozen for stop()
-        broker.stop()
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        await w.stop()
 
 
 def request(device: int, seq: int, base_ms: int) -> heatmap_pb2.IngestTouchEventsRequest:

@@ -39,7 +39,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
-from heatmap.clickhouse import connect
 from heatmap.kafka_admin import ensure_topics
 from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.localinfra.kafka_listeners import BrokerTls, SecureListeners
@@ -239,13 +238,6 @@ def client_env(kafka: SecureKafka, case: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- round trip
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
 
 
 async def wait_for_cells(

@@ -14,46 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from heatmap.clickhouse import connect
-from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap.settings import Settings
 from stream_workers.app import Worker
 from stream_workers.sink import CellStore
 from tests.worker_support import (
     StallingStore,
     assert_exact,
     fleet_batches,
-    inprocess_settings,
     metric,
     produce_batches,
     start_worker,
     wait_all_committed,
 )
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
-    return inprocess_settings(kafka_settings, clickhouse)
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        await w.stop()
 
 
 async def wait_until(what: str, check: object, timeout_s: float) -> None:

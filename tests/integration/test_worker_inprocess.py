@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import numpy as np
-import pytest
 from clickhouse_connect.driver.client import Client
 
-from heatmap.clickhouse import connect
-from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap.settings import Settings
 from schemas.kafka.v1 import touch_batch_pb2
 from schemas.touch_batch import encode_batch
 from stream_workers.app import Worker
@@ -25,7 +22,6 @@ from tests.worker_support import (
     assert_exact,
     committed_offsets,
     fleet_batches,
-    inprocess_settings,
     lag_reported,
     metric,
     produce,
@@ -35,26 +31,6 @@ from tests.worker_support import (
     start_worker,
     wait_all_committed,
 )
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
-    return inprocess_settings(kafka_settings, clickhouse)
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        await w.stop()
 
 
 def poison_messages() -> list[tuple[str, bytes]]:

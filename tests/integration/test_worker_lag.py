@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -19,38 +19,16 @@ from clickhouse_connect.driver.client import Client
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from heatmap.clickhouse import connect
-from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap.settings import Settings
 from stream_workers.app import Worker
 from tests.worker_support import (
     fleet_batches,
-    inprocess_settings,
     produce_batches,
     start_worker,
     wait_all_committed,
 )
 
 Lag = dict[str, float]
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
-    return inprocess_settings(kafka_settings, clickhouse)
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        await w.stop()
 
 
 class MetricsEndpoint:

@@ -9,13 +9,12 @@ worker that only has the filter it loaded at its assignment.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from heatmap.clickhouse import connect
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
 from schemas.touch_batch import TouchBatch
 from stream_workers.app import Worker
@@ -31,26 +30,11 @@ from tests.worker_support import (
 
 
 @pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
-
-
-@pytest.fixture
 def settings(kafka_settings: KafkaSettings, clickhouse: ClickHouseSettings) -> Settings:
     base = inprocess_settings(kafka_settings, clickhouse)
     return replace(
         base, worker=replace(base.worker, ledger_memory_entries=1_000, ledger_filter_mb=1)
     )
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    yield workers
-    for w in workers:
-        await w.stop()
 
 
 async def test_old_retries_are_counted_once_with_the_ledger_bounded(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 from clickhouse_connect.driver.client import Client
 
 from heatmap.clickhouse import connect
@@ -15,13 +13,6 @@ from stream_workers.aggregator import TABLE_NAMES, Record, aggregate
 from stream_workers.dedup import BatchLedger
 from stream_workers.sink import FENCE_COMMENT, ClickHouseCellStore, LedgerRow, fence_tag
 from tests.worker_support import fleet_batches, fleet_month
-
-
-@pytest.fixture
-def client(clickhouse: ClickHouseSettings) -> Iterator[Client]:
-    c = connect(clickhouse)
-    yield c
-    c.close()
 
 
 def test_one_insert_is_one_part_with_its_markers(client: Client) -> None:
