@@ -19,10 +19,8 @@ TEXT = {".py", ".md", ".toml", ".yaml", ".yml", ".sh", ".sql", ".proto", ".cfg",
 # The one allowed mention: the contract test compares with the agreed contract
 # where a checkout has it beside it, and skips elsewhere.
 ALLOWED = {"tests/unit/test_schemas.py"}
-# Spelled in pieces so that this line is not itself a hit of the same search.
-OUTSIDE = re.compile(
-    "|".join(re.escape(p) for p in ("DESIGN.md", "../shared", "/work/", "/root/")) + r"|/home/\w+/"
-)
+# Bracketed letters keep this pattern from matching its own source text.
+OUTSIDE = re.compile(r"DESIG[N]\.md|\.\./share[d]|/wor[k]/|/roo[t]/|/home/\w+/")
 
 
 def repository_files() -> list[Path]:
