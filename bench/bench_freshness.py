@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.dev_process import DevProcess
+from heatmap_devtools.localinfra.dev_process import DevProcess
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 
@@ -62,7 +62,7 @@ def main() -> int:
                 [
                     sys.executable,
                     "-m",
-                    "heatmap.cli",
+                    "heatmap_cli.cli",
                     "loadgen",
                     "--target",
                     dev.target,

@@ -8,7 +8,7 @@ What it does (everything on loopback, everything stopped at the end):
 1. a Kafka broker (Apache Kafka from its jars, in a temp dir) unless
    ``HEATMAP_KAFKA_BOOTSTRAP`` is set, and a fresh 12-partition topic;
 2. two servers, each its own process (so clients and servers do not share a
-   GIL): the real gateway (``python -m heatmap.cli gateway``: validation,
+   GIL): the real gateway (``python -m heatmap_cli.cli gateway``: validation,
    columnar encoding, confluent-kafka with ``acks=all``, idempotence, lz4),
    and the *ceiling*: a trivial handler on the same stack (``heatmap.serve``
    with the same interceptor: JWT check, metrics, health) that only decodes the
@@ -48,13 +48,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import mint_token
-from heatmap.fleet import Fleet
-from heatmap.localinfra.process import free_port, service_env
 from heatmap.settings import KafkaSettings, Settings
+from heatmap_devtools.fleet import Fleet
+from heatmap_devtools.localinfra.process import free_port, service_env
+from schemas.api import method_path
 from schemas.heatmap.v1 import heatmap_pb2
 
 SECRET = "bench-secret-0123456789-0123456789-abcdef"
-METHOD = "/heatmap.v1.HeatmapService/IngestTouchEvents"
+METHOD = method_path("IngestTouchEvents")
 EVENTS_PER_REQUEST = 500
 DEVICES = 64
 
@@ -329,7 +330,7 @@ def _kafka(workdir: Path) -> Iterator[tuple[str, int | None]]:
     if os.environ.get("HEATMAP_KAFKA_BOOTSTRAP"):
         yield os.environ["HEATMAP_KAFKA_BOOTSTRAP"], None
         return
-    from heatmap.localinfra.kafka import KafkaBroker
+    from heatmap_devtools.localinfra.kafka import KafkaBroker
 
     broker = KafkaBroker(workdir / "kafka")
     broker.start()
@@ -355,7 +356,7 @@ def _main(args: argparse.Namespace) -> int:
             gw_env = _server_env(boot, topic, free_port())
             servers.append(
                 _start_server(
-                    "gateway", [sys.executable, "-m", "heatmap.cli", "gateway"], gw_env, logs
+                    "gateway", [sys.executable, "-m", "heatmap_cli.cli", "gateway"], gw_env, logs
                 )
             )
             tr_env = _server_env(boot, topic, free_port())

@@ -4,7 +4,7 @@
 
 In its own process with its own temporary chDB path:
 
-1. The synthetic fleet (``heatmap.fleet``: Zipf screens, clustered touches,
+1. The synthetic fleet (``heatmap_devtools.fleet``: Zipf screens, clustered touches,
    a day with a day/night cycle, 100k devices) generates ``--events`` events
    in numpy chunks of 2M, loaded as Arrow into ``raw_touch_events``: one row
    per event, the way PostHog stores heatmaps (its ``sharded_heatmaps`` is
@@ -55,9 +55,9 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
-from heatmap.fleet import Fleet, FleetSpec
 from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
+from heatmap_devtools.fleet import Fleet, FleetSpec
 from query_api import heatmap_query
 from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore

@@ -47,9 +47,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.process import free_port
-from heatmap.localinfra.seaweedfs import SeaweedS3
 from heatmap.settings import S3Settings
+from heatmap_devtools.localinfra.process import free_port
+from heatmap_devtools.localinfra.seaweedfs import SeaweedS3
 from query_api.screenshots import S3ScreenshotStore, Screenshot
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
@@ -158,14 +158,14 @@ def query_process(
     env.pop("HEATMAP_KAFKA_BOOTSTRAP", None)
     if max_concurrent is not None:
         env["HEATMAP_RENDER_MAX_CONCURRENT"] = str(max_concurrent)
-    for argv in (["-m", "heatmap.cli", "migrate"], ["-c", _SEED, chdb]):
+    for argv in (["-m", "heatmap_cli.cli", "migrate"], ["-c", _SEED, chdb]):
         subprocess.run(
             [sys.executable, *argv], env=env, cwd=src, check=True, timeout=300, capture_output=True
         )
     log_path = workdir / "query-api.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "heatmap.cli", "query-api"],
+            [sys.executable, "-m", "heatmap_cli.cli", "query-api"],
             env=env,
             cwd=src,
             stdout=log,

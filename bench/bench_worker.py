@@ -3,7 +3,7 @@
     python -m bench.bench_worker [--events 3000000] [--partitions 6] [--repeats 3]
 
 Starts its own Kafka broker unless ``HEATMAP_KAFKA_BOOTSTRAP`` is set, fills a
-fresh topic with synthetic-fleet batches (``heatmap.fleet``, 500 events per
+fresh topic with synthetic-fleet batches (``heatmap_devtools.fleet``, 500 events per
 batch, lz4 like the gateway), then in the same run:
 
 * raw: a confluent-kafka consumer reads the whole topic without processing;
@@ -42,8 +42,8 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from heatmap.clickhouse import connect, migrate
-from heatmap.fleet import FleetSpec
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap_devtools.fleet import FleetSpec
 from schemas.touch_batch import encode_batch
 from stream_workers.aggregator import TABLE_NAMES
 from stream_workers.app import Worker
@@ -61,7 +61,7 @@ def broker() -> Iterator[str]:
     if os.environ.get("HEATMAP_KAFKA_BOOTSTRAP"):
         yield os.environ["HEATMAP_KAFKA_BOOTSTRAP"]
         return
-    from heatmap.localinfra.kafka import KafkaBroker
+    from heatmap_devtools.localinfra.kafka import KafkaBroker
 
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as d:
         kafka = KafkaBroker(Path(d))

@@ -5,10 +5,10 @@ restarts its parts; at the end every acknowledged event must be counted exactly 
 
 Not run in CI (minutes long). What runs, all on loopback and all stopped at the end:
 
-* an external Kafka broker (``heatmap.localinfra.kafka.KafkaBroker`` in a temp
+* an external Kafka broker (``heatmap_devtools.localinfra.kafka.KafkaBroker`` in a temp
   dir) and ``heatmap dev`` pointed at it with ``HEATMAP_KAFKA_BOOTSTRAP``;
 * a load client in this process (``LoadClient``): 500-event requests from the
-  synthetic fleet (``heatmap.loadgen.DistinctRequests``: no two alike, every
+  synthetic fleet (``heatmap_devtools.loadgen.DistinctRequests``: no two alike, every
   event timestamped), half with an explicit ``batch_id`` and half without (the
   gateway's implicit key then applies). Like a mobile SDK it resends the *same
   bytes* after UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or a broken
@@ -74,11 +74,11 @@ from pathlib import Path
 import grpc
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
-from heatmap.fleet import Fleet, FleetSpec
-from heatmap.loadgen import INGEST, DistinctRequests, build_requests
-from heatmap.localinfra.dev_process import DevProcess
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.localinfra.process import cmdline
+from heatmap_devtools.fleet import Fleet, FleetSpec
+from heatmap_devtools.loadgen import INGEST, DistinctRequests, build_requests
+from heatmap_devtools.localinfra.dev_process import DevProcess
+from heatmap_devtools.localinfra.kafka import KafkaBroker
+from heatmap_devtools.localinfra.process import cmdline
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 BATCH = 500

@@ -29,19 +29,19 @@ from heatmap.errors import PermissionDenied, Unauthenticated
 from heatmap.jwks import JwksKeys
 from heatmap.reflection import METHODS as REFLECTION_METHODS
 from heatmap.settings import AuthSettings
+from schemas.api import method_path
 
 VIEW_HEATMAPS = "VIEW_HEATMAPS"
 MANAGE_HEATMAPS = "MANAGE_HEATMAPS"
 
-_SERVICE = "/heatmap.v1.HeatmapService/"
 # None: any authenticated caller. A method missing here is not served.
 METHOD_PERMISSIONS: Mapping[str, str | None] = {
-    _SERVICE + "IngestTouchEvents": None,
-    _SERVICE + "QueryHeatmapData": VIEW_HEATMAPS,
-    _SERVICE + "ListScreenshots": VIEW_HEATMAPS,
-    _SERVICE + "GetScreenshot": VIEW_HEATMAPS,
-    _SERVICE + "RenderHeatmap": VIEW_HEATMAPS,
-    _SERVICE + "UploadScreenshot": MANAGE_HEATMAPS,
+    method_path("IngestTouchEvents"): None,
+    method_path("QueryHeatmapData"): VIEW_HEATMAPS,
+    method_path("ListScreenshots"): VIEW_HEATMAPS,
+    method_path("GetScreenshot"): VIEW_HEATMAPS,
+    method_path("RenderHeatmap"): VIEW_HEATMAPS,
+    method_path("UploadScreenshot"): MANAGE_HEATMAPS,
 }
 ANONYMOUS_METHODS: frozenset[str] = frozenset(
     {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", *REFLECTION_METHODS}

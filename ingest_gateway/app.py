@@ -38,11 +38,11 @@ from ingest_gateway.encoding import encode
 from ingest_gateway.metrics import GatewayMetrics
 from ingest_gateway.publisher import EventPublisher, KafkaPublisher
 from ingest_gateway.validation import BatchRejected, to_batch
+from schemas.api import SERVICE
 from schemas.heatmap.v1 import heatmap_pb2
 
 logger = logging.getLogger(__name__)
 
-SERVICE = "heatmap.v1.HeatmapService"
 MAX_REQUEST_BYTES = 1 << 20
 # Answer UNAVAILABLE this long before the caller's deadline, not DEADLINE_EXCEEDED after it.
 DEADLINE_MARGIN_S = 0.05

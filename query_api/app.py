@@ -46,12 +46,12 @@ from query_api.screenshots import (
     Screenshot,
     ScreenshotStore,
 )
+from schemas.api import SERVICE
 from schemas.heatmap.v1 import heatmap_pb2
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SERVICE = "heatmap.v1.HeatmapService"
 START_TIMEOUT_S = 30.0
 
 

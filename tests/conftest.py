@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from heatmap.clickhouse import connect, migrate, quote_identifier
-from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.settings import ClickHouseSettings, KafkaSettings, S3Settings, Settings
+from heatmap_devtools.localinfra.kafka import KafkaBroker
 from tests.services import S3Endpoint, clickhouse_service, kafka_service, s3_service
 
 TEST_JWT_SECRET = "test-secret-0123456789-0123456789-abcdef"

@@ -1,6 +1,6 @@
 """Real backing services for the test session.
 
-Defaults start the local launchers from ``heatmap.localinfra`` (Apache Kafka
+Defaults start the local launchers from ``heatmap_devtools.localinfra`` (Apache Kafka
 KRaft, SeaweedFS S3) and use chDB in-process. Two overrides:
 
 * ``HEATMAP_KAFKA_BOOTSTRAP`` / ``HEATMAP_S3_*`` / ``HEATMAP_CLICKHOUSE_URL``
@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.localinfra.seaweedfs import SeaweedS3
+from heatmap_devtools.localinfra.kafka import KafkaBroker
+from heatmap_devtools.localinfra.seaweedfs import SeaweedS3
 
 
 @dataclass(frozen=True)

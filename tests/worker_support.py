@@ -28,9 +28,9 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from heatmap.fleet import Fleet, FleetSpec
-from heatmap.localinfra.process import service_env
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings, WorkerSettings
+from heatmap_devtools.fleet import Fleet, FleetSpec
+from heatmap_devtools.localinfra.process import service_env
 from schemas.touch_batch import TouchBatch, encode_batch
 from stream_workers.aggregator import Block
 from stream_workers.app import FaustTuning, Worker
@@ -228,13 +228,13 @@ def query_path(path: Path, database: str, sql: str) -> list[list[Any]]:
 
 
 class WorkerProcess:
-    """``python -m heatmap.cli worker`` with its own chDB path, logging to a file."""
+    """``python -m heatmap_cli.cli worker`` with its own chDB path, logging to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "heatmap.cli", "worker"],
+            [sys.executable, "-m", "heatmap_cli.cli", "worker"],
             env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,

@@ -34,8 +34,8 @@ fi
 echo "== local services (cached in ${HEATMAP_CACHE_DIR:-$HOME/.cache/heatmap})"
 .venv/bin/python - <<'PY'
 import time
-from heatmap.localinfra.kafka import ensure_jars
-from heatmap.localinfra.seaweedfs import ensure_binary
+from heatmap_devtools.localinfra.kafka import ensure_jars
+from heatmap_devtools.localinfra.seaweedfs import ensure_binary
 t = time.monotonic(); print("kafka jars:", ensure_jars(), f"({time.monotonic() - t:.0f}s)")
 t = time.monotonic(); print("seaweedfs:", ensure_binary(), f"({time.monotonic() - t:.0f}s)")
 PY

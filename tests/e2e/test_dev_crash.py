@@ -19,9 +19,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.dev_process import DevProcess
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.localinfra.process import terminate
+from heatmap_devtools.localinfra.dev_process import DevProcess
+from heatmap_devtools.localinfra.kafka import KafkaBroker
+from heatmap_devtools.localinfra.process import terminate
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 pytestmark = pytest.mark.slow

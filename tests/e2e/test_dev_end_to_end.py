@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from PIL import Image
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.dev_process import DevProcess
+from heatmap_devtools.localinfra.dev_process import DevProcess
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 pytestmark = pytest.mark.slow

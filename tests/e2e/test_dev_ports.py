@@ -16,8 +16,8 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.dev_process import DevProcess
-from heatmap.localinfra.process import free_port, service_env
+from heatmap_devtools.localinfra.dev_process import DevProcess
+from heatmap_devtools.localinfra.process import free_port, service_env
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 
@@ -32,7 +32,7 @@ def taken_port() -> Iterator[int]:
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "heatmap.cli", *args],
+        [sys.executable, "-m", "heatmap_cli.cli", *args],
         env=service_env(HEATMAP_LOG_FORMAT="text", **env),
         capture_output=True,
         text=True,

@@ -13,8 +13,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from heatmap.clickhouse import connect
-from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap_devtools.localinfra.kafka import KafkaBroker
 from stream_workers.app import Worker
 from tests.worker_support import inprocess_settings
 

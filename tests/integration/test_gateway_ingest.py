@@ -12,8 +12,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from heatmap.auth import mint_token
-from heatmap.localinfra.process import free_port
 from heatmap.settings import KafkaSettings, Settings
+from heatmap_devtools.localinfra.process import free_port
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import decode_batch
 from tests.conftest import TEST_JWT_SECRET

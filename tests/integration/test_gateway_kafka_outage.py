@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.settings import KafkaSettings, Settings
+from heatmap_devtools.localinfra.kafka import KafkaBroker
 from tests.conftest import create_topic, unique
 from tests.integration.test_gateway_support import (
     auth,

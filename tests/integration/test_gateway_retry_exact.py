@@ -22,8 +22,8 @@ import time
 import grpc
 from clickhouse_connect.driver.client import Client
 
-from heatmap.localinfra.kafka import KafkaBroker
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
+from heatmap_devtools.localinfra.kafka import KafkaBroker
 from ingest_gateway.validation import to_batch
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import TouchBatch, decode_batch

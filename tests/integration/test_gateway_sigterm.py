@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 
-from heatmap.localinfra.process import free_port, service_env
 from heatmap.settings import KafkaSettings
+from heatmap_devtools.localinfra.process import free_port, service_env
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
 from tests.integration.test_gateway_support import (
@@ -79,7 +79,7 @@ async def test_sigterm_drains_in_flight_calls_and_exits_zero(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "heatmap.cli",
+            "heatmap_cli.cli",
             "gateway",
             env=gateway_env(kafka_settings, port),
             stdout=log,

@@ -12,14 +12,14 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from minio import Minio
 
-from heatmap.localinfra.process import service_env
+from heatmap_devtools.localinfra.process import service_env
 
 pytestmark = pytest.mark.slow
 
 
 def heatmap(*args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "heatmap.cli", *args],
+        [sys.executable, "-m", "heatmap_cli.cli", *args],
         env=service_env(),
         capture_output=True,
         text=True,

@@ -40,9 +40,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
 from heatmap.kafka_admin import ensure_topics
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.localinfra.kafka_listeners import BrokerTls, SecureListeners
 from heatmap.settings import ClickHouseSettings, Settings, WorkerSettings
+from heatmap_devtools.localinfra.kafka import KafkaBroker
+from heatmap_devtools.localinfra.kafka_listeners import BrokerTls, SecureListeners
 from ingest_gateway.publisher import KafkaPublisher
 from schemas.touch_batch import encode_batch
 from stream_workers.app import FaustTuning, Worker

@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect
 from heatmap.errors import DeadlineExceeded, InternalError, Unavailable
-from heatmap.localinfra.process import free_port
 from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
+from heatmap_devtools.localinfra.process import free_port
 from query_api.app import QueryService
 from query_api.clickhouse_errors import clickhouse_error
 from schemas.heatmap.v1 import heatmap_pb2 as pb

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
-from heatmap.localinfra.process import free_port
+from heatmap_devtools.localinfra.process import free_port
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
@@ -34,7 +34,7 @@ def test_query_api_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
     for name in ("HEATMAP_S3_ENDPOINT", "HEATMAP_KAFKA_BOOTSTRAP"):
         env.pop(name, None)
     subprocess.run(
-        [sys.executable, "-m", "heatmap.cli", "migrate"],
+        [sys.executable, "-m", "heatmap_cli.cli", "migrate"],
         env=env,
         check=True,
         timeout=120,
@@ -42,7 +42,7 @@ def test_query_api_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
     )
     log = (tmp_path / "query-api.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "heatmap.cli", "query-api"], env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "heatmap_cli.cli", "query-api"], env=env, stdout=log, stderr=log
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

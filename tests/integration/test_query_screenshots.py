@@ -17,8 +17,8 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS
-from heatmap.localinfra.seaweedfs import SeaweedS3
 from heatmap.settings import ClickHouseSettings, S3Settings, Settings
+from heatmap_devtools.localinfra.seaweedfs import SeaweedS3
 from query_api import render_cli
 from query_api.backdrops import backdrop_size
 from query_api.colormap import VIRIDIS

@@ -70,7 +70,7 @@ def test_heatmap_migrate_command_on_a_fresh_chdb_path(tmp_path: Path) -> None:
     runs = []
     for _ in range(2):
         out = subprocess.run(
-            [sys.executable, "-m", "heatmap.cli", "migrate"],
+            [sys.executable, "-m", "heatmap_cli.cli", "migrate"],
             env=env,
             capture_output=True,
             text=True,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from heatmap import cli
 from heatmap.clickhouse import readonly_credentials, readonly_user_statements
 from heatmap.settings import Settings, SettingsError
+from heatmap_cli import cli
 
 
 def test_the_user_may_only_select_from_the_database() -> None:

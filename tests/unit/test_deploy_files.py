@@ -67,8 +67,14 @@ def test_dockerfile_is_multi_stage_non_root_with_the_entry_point() -> None:
     assert re.search(r"^USER 10001:10001$", text, re.MULTILINE)
     assert 'ENTRYPOINT ["heatmap"]' in text
     assert "HEALTHCHECK" in text
-    for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.MULTILINE):
+    copies = re.findall(r"^COPY (?!--from)(\S+)", text, re.MULTILINE)
+    for copied in copies:
         assert (ROOT / copied).exists(), copied
+    # Local launchers, loadgen and the demo stay out of the runtime image.
+    assert "heatmap_devtools" not in copies
+    assert {"heatmap", "heatmap_cli", "ingest_gateway", "stream_workers", "query_api"} <= set(
+        copies
+    )
 
 
 def test_dockerignore_lets_through_what_the_dockerfile_copies() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from heatmap.fleet import Fleet, FleetSpec
-from heatmap.loadgen import DistinctRequests, build_requests
+from heatmap_devtools.fleet import Fleet, FleetSpec
+from heatmap_devtools.loadgen import DistinctRequests, build_requests
 from ingest_gateway.columns import canonical
 from ingest_gateway.validation import implicit_batch_id, parse
 from schemas.heatmap.v1 import heatmap_pb2

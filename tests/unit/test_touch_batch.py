@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from heatmap.fleet import Fleet, FleetSpec
+from heatmap_devtools.fleet import Fleet, FleetSpec
 from schemas.kafka.v1 import touch_batch_pb2
 from schemas.touch_batch import BatchFormatError, TouchBatch, decode_batch, encode_batch
 

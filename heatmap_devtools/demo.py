@@ -2,7 +2,7 @@
 
 Talks to a running ``heatmap dev`` (or any deployment) through the public
 gRPC API only: uploads a mock screenshot per screen (buttons drawn where the
-synthetic fleet taps), sends load with ``heatmap.loadgen``, waits until the
+synthetic fleet taps), sends load with ``heatmap_devtools.loadgen``, waits until the
 events are queryable, then renders a heatmap PNG per screen into ``--out``.
 """
 
@@ -18,9 +18,9 @@ import grpc
 from PIL import Image, ImageDraw
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
-from heatmap.fleet import Fleet, FleetSpec
-from heatmap.loadgen import build_requests, send_load
 from heatmap.settings import Settings, SettingsError
+from heatmap_devtools.fleet import Fleet, FleetSpec
+from heatmap_devtools.loadgen import build_requests, send_load
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 WIDTH, HEIGHT = 540, 960

@@ -112,7 +112,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_query(settings)
     if command == "dev":
-        from heatmap.dev import run as run_dev
+        from heatmap_cli.dev import run as run_dev
 
         return run_dev(settings, grpc_port=args.grpc_port, data_dir=args.data_dir)
     if command == "migrate":
@@ -133,11 +133,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         return run_render(settings, args)
     if command == "loadgen":
-        from heatmap.loadgen import run as run_loadgen
+        from heatmap_devtools.loadgen import run as run_loadgen
 
         return run_loadgen(settings, args)
     if command == "demo":
-        from heatmap.demo import run as run_demo
+        from heatmap_devtools.demo import run as run_demo
 
         return run_demo(settings, args)
     raise AssertionError(command)
@@ -184,7 +184,7 @@ def _migrate(settings: Settings, cluster: str | None, readonly_user: bool = Fals
 
 
 def _infra(action: str, directory: Path | None) -> int:
-    from heatmap.localinfra import stack
+    from heatmap_devtools.localinfra import stack
 
     root = directory or stack.default_dir()
     if action == "up":

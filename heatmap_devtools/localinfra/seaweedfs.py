@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from heatmap.localinfra.process import ServiceProcess, cache_dir, free_port, port_open
+from heatmap_devtools.localinfra.process import ServiceProcess, cache_dir, free_port, port_open
 
 logger = logging.getLogger(__name__)
 

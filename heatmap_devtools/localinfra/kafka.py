@@ -13,8 +13,8 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from heatmap.localinfra.kafka_listeners import SecureListeners
-from heatmap.localinfra.process import (
+from heatmap_devtools.localinfra.kafka_listeners import SecureListeners
+from heatmap_devtools.localinfra.process import (
     ServiceProcess,
     cache_dir,
     free_port,
@@ -37,7 +37,7 @@ def ensure_jars(version: str = KAFKA_VERSION) -> Path:
         return libs
     if shutil.which("mvn") is None or shutil.which("java") is None:
         raise RuntimeError("Kafka needs Java 17+ and Maven (apt-get install openjdk-17-jre maven)")
-    pom = resources.files("heatmap.localinfra").joinpath("kafka-pom.xml")
+    pom = resources.files("heatmap_devtools.localinfra").joinpath("kafka-pom.xml")
     with resources.as_file(pom) as pom_path:
         logger.info("resolving Kafka %s jars into %s", version, libs)
         subprocess.run(
@@ -62,7 +62,7 @@ class KafkaBroker:
     """One KRaft broker+controller on 127.0.0.1; data survives ``stop``/``start``.
 
     By default the broker dies with the process that started it, however
-    that process dies (``die_with_parent``: see ``heatmap.localinfra.watchdog``);
+    that process dies (``die_with_parent``: see ``heatmap_devtools.localinfra.watchdog``);
     ``heatmap infra up`` turns that off for its daemon. ``broker.pid`` in the
     data dir names the running JVM, so that a start after a crash finds a
     broker or a lock left behind and clears it (``_clear_leftovers``).

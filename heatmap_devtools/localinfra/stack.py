@@ -14,8 +14,8 @@ import signal
 import time
 from pathlib import Path
 
-from heatmap.localinfra.kafka import KafkaBroker
-from heatmap.localinfra.seaweedfs import SeaweedS3
+from heatmap_devtools.localinfra.kafka import KafkaBroker
+from heatmap_devtools.localinfra.seaweedfs import SeaweedS3
 
 
 def default_dir() -> Path:

@@ -167,7 +167,7 @@ def terminate(pid: int, timeout_s: float = 15.0) -> None:
 class ServiceProcess:
     """A started child process with its log file; ``stop()`` never leaves it running.
 
-    With ``die_with_parent`` the service runs under ``heatmap.localinfra.watchdog``,
+    With ``die_with_parent`` the service runs under ``heatmap_devtools.localinfra.watchdog``,
     which stops it however this process ends (SIGKILL included); without it
     (daemons that must outlive their starter) it is an ordinary child. Either
     way ``pid_file`` records the service's own pid for the next start to find.
@@ -191,7 +191,7 @@ class ServiceProcess:
         self._log = log_path.open("ab")
         command = list(argv)
         if die_with_parent:
-            wrapper = [sys.executable, "-m", "heatmap.localinfra.watchdog"]
+            wrapper = [sys.executable, "-m", "heatmap_devtools.localinfra.watchdog"]
             if pid_file is not None:
                 wrapper += ["--pid-file", str(pid_file), "--owner-pid", str(os.getpid())]
             command = [*wrapper, "--", *command]

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from heatmap.localinfra.process import free_port, processes_running, service_env, terminate
+from heatmap_devtools.localinfra.process import free_port, processes_running, service_env, terminate
 
 
 class DevProcess:
@@ -55,7 +55,7 @@ class DevProcess:
             [
                 sys.executable,
                 "-m",
-                "heatmap.cli",
+                "heatmap_cli.cli",
                 "dev",
                 "--grpc-port",
                 str(self.port),

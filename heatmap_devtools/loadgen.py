@@ -1,6 +1,6 @@
 """``heatmap loadgen``: a synthetic fleet sending real IngestTouchEvents batches at a target rate.
 
-Requests are built up front from ``heatmap.fleet`` (so sending re-encodes
+Requests are built up front from ``heatmap_devtools.fleet`` (so sending re-encodes
 one event per request, not the batch) and sent as raw bytes over grpc.aio by
 ``concurrency`` senders following an open-loop schedule: request k is due at
 ``k * batch_size / rate`` seconds. Each batch comes from one device with its
@@ -22,11 +22,12 @@ import numpy as np
 from tqdm import tqdm
 
 from heatmap.auth import mint_token
-from heatmap.fleet import Fleet, FleetSpec
 from heatmap.settings import Settings, SettingsError
+from heatmap_devtools.fleet import Fleet, FleetSpec
+from schemas.api import method_path
 from schemas.heatmap.v1 import heatmap_pb2
 
-INGEST = "/heatmap.v1.HeatmapService/IngestTouchEvents"
+INGEST = method_path("IngestTouchEvents")
 
 
 @dataclass

@@ -33,10 +33,10 @@ from prometheus_client import CollectorRegistry
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
 from heatmap.kafka_admin import ensure_topics
-from heatmap.localinfra.kafka import DataDirInUse, KafkaBroker
 from heatmap.ports import ensure_free
 from heatmap.serve import Component, serve, start_metrics
 from heatmap.settings import Settings, SettingsError
+from heatmap_devtools.localinfra.kafka import DataDirInUse, KafkaBroker
 
 logger = logging.getLogger(__name__)
 

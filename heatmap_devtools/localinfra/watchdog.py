@@ -1,4 +1,5 @@
-"""``python -m heatmap.localinfra.watchdog [--pid-file F] -- CMD``: CMD dies with its starter.
+"""``python -m heatmap_devtools.localinfra.watchdog [--pid-file F] -- CMD``: CMD dies
+with its starter.
 
 The parent (``ServiceProcess(die_with_parent=True)``) keeps the write end of
 this wrapper's stdin and never writes. However the parent ends - exit,
@@ -30,7 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from heatmap.localinfra.process import read_pid_file, write_pid_file
+from heatmap_devtools.localinfra.process import read_pid_file, write_pid_file
 
 PR_SET_PDEATHSIG = 1
 GRACE_S = 10.0
@@ -55,7 +56,7 @@ def _parent_gone(fd: int, timeout_s: float) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="heatmap.localinfra.watchdog")
+    parser = argparse.ArgumentParser(prog="heatmap_devtools.localinfra.watchdog")
     parser.add_argument("--pid-file", type=Path, default=None)
     parser.add_argument("--owner-pid", type=int, default=os.getppid())
     parser.add_argument("command", nargs=argparse.REMAINDER)
