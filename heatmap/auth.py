@@ -41,6 +41,7 @@ METHOD_PERMISSIONS: Mapping[str, str | None] = {
     method_path("ListScreenshots"): VIEW_HEATMAPS,
     method_path("GetScreenshot"): VIEW_HEATMAPS,
     method_path("RenderHeatmap"): VIEW_HEATMAPS,
+    method_path("ListScreens"): VIEW_HEATMAPS,
     method_path("UploadScreenshot"): MANAGE_HEATMAPS,
 }
 ANONYMOUS_METHODS: frozenset[str] = frozenset(

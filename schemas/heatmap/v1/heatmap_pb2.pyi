@@ -203,6 +203,7 @@ class QueryHeatmapDataRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     GRID_SIZE_FIELD_NUMBER: _builtins.int
+    TOP_USERS_FIELD_NUMBER: _builtins.int
     screen_name: _builtins.str
     """required"""
     campaign_id: _builtins.str
@@ -213,6 +214,15 @@ class QueryHeatmapDataRequest(_message.Message):
     grid_size: _builtins.int
     """Cells per axis: a power of two from 8 to 512; 0 means 64. Cell of a
     coordinate v is min(floor(v * grid_size), grid_size - 1).
+    """
+    top_users: _builtins.int
+    """PER_USER only (INVALID_ARGUMENT otherwise). 0: every user, and an answer
+    larger than the server's point limit is RESOURCE_EXHAUSTED. N in
+    1..1000: only the N users with the most touches under the filters (ties:
+    smaller user_id first), so a popular screen can still be shown per user;
+    the response's total_users and total_touches then tell how many users
+    and touches the filters matched before the cut. RESOURCE_EXHAUSTED only
+    if even those N users' points exceed the limit.
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___TouchEventType.ValueType]:
@@ -240,10 +250,11 @@ class QueryHeatmapDataRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         grid_size: _builtins.int = ...,
+        top_users: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_time", b"end_time", "event_types", b"event_types", "grid_size", b"grid_size", "mode", b"mode", "screen_name", b"screen_name", "start_time", b"start_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_time", b"end_time", "event_types", b"event_types", "grid_size", b"grid_size", "mode", b"mode", "screen_name", b"screen_name", "start_time", b"start_time", "top_users", b"top_users", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,10 +322,19 @@ class QueryHeatmapDataResponse(_message.Message):
     USER_TOUCH_COUNTS_FIELD_NUMBER: _builtins.int
     TOTAL_COUNT_FIELD_NUMBER: _builtins.int
     GRID_SIZE_FIELD_NUMBER: _builtins.int
+    TOTAL_USERS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOUCHES_FIELD_NUMBER: _builtins.int
     total_count: _builtins.int
     """sum of all counts under the filters"""
     grid_size: _builtins.int
     """the grid actually used"""
+    total_users: _builtins.int
+    """PER_USER mode: the number of users with touches under the filters, and
+    their touches, counted before any top_users cut. Without top_users they
+    equal len(user_touch_counts) and total_count; with it, total_count and
+    user_touch_counts cover only the top users returned.
+    """
+    total_touches: _builtins.int
     @_builtins.property
     def data_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeatmapDataPoint]:
         """Only cells with count > 0. ALL_USERS: one point per cell. PER_USER: one
@@ -332,10 +352,12 @@ class QueryHeatmapDataResponse(_message.Message):
         user_touch_counts: _abc.Iterable[Global___UserTouchCount] | None = ...,
         total_count: _builtins.int = ...,
         grid_size: _builtins.int = ...,
+        total_users: _builtins.int = ...,
+        total_touches: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "grid_size", b"grid_size", "total_count", b"total_count", "user_touch_counts", b"user_touch_counts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "grid_size", b"grid_size", "total_count", b"total_count", "total_touches", b"total_touches", "total_users", b"total_users", "user_touch_counts", b"user_touch_counts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,3 +611,109 @@ class RenderHeatmapResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RenderHeatmapResponse: _TypeAlias = RenderHeatmapResponse  # noqa: Y015
+
+@_typing.final
+class ListScreensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NAME_CONTAINS_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    """empty: all campaigns"""
+    name_contains: _builtins.str
+    """case-insensitive substring of the screen name; empty: any"""
+    limit: _builtins.int
+    """at most this many screens, 0 means 200, at most 1000"""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Same hour-granularity filter as QueryHeatmapDataRequest: a screen is
+        listed when it has events whose UTC hour start lies in
+        [start_time, end_time). Unset: unbounded.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        campaign_id: _builtins.str = ...,
+        name_contains: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_time", b"end_time", "limit", b"limit", "name_contains", b"name_contains", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScreensRequest: _TypeAlias = ListScreensRequest  # noqa: Y015
+
+@_typing.final
+class ScreenSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCREEN_NAME_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    HAS_SCREENSHOT_FIELD_NUMBER: _builtins.int
+    NEWEST_SCREENSHOT_ID_FIELD_NUMBER: _builtins.int
+    NEWEST_SCREENSHOT_WIDTH_FIELD_NUMBER: _builtins.int
+    NEWEST_SCREENSHOT_HEIGHT_FIELD_NUMBER: _builtins.int
+    screen_name: _builtins.str
+    event_count: _builtins.int
+    """touch events under the request's filters"""
+    has_screenshot: _builtins.bool
+    """a screenshot was uploaded for this screen"""
+    newest_screenshot_id: _builtins.str
+    """empty when has_screenshot is false"""
+    newest_screenshot_width: _builtins.int
+    """pixels; 0 when none"""
+    newest_screenshot_height: _builtins.int
+    """pixels; 0 when none"""
+    def __init__(
+        self,
+        *,
+        screen_name: _builtins.str = ...,
+        event_count: _builtins.int = ...,
+        has_screenshot: _builtins.bool = ...,
+        newest_screenshot_id: _builtins.str = ...,
+        newest_screenshot_width: _builtins.int = ...,
+        newest_screenshot_height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_count", b"event_count", "has_screenshot", b"has_screenshot", "newest_screenshot_height", b"newest_screenshot_height", "newest_screenshot_id", b"newest_screenshot_id", "newest_screenshot_width", b"newest_screenshot_width", "screen_name", b"screen_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScreenSummary: _TypeAlias = ScreenSummary  # noqa: Y015
+
+@_typing.final
+class ListScreensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCREENS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """more screens matched than the limit"""
+    @_builtins.property
+    def screens(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScreenSummary]:
+        """most events first, ties by name"""
+
+    def __init__(
+        self,
+        *,
+        screens: _abc.Iterable[Global___ScreenSummary] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["screens", b"screens", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScreensResponse: _TypeAlias = ListScreensResponse  # noqa: Y015

@@ -68,6 +68,13 @@ class HeatmapServiceStub:
     """Beyond the original four: the heatmap drawn over a screenshot, as PNG.
     Requires VIEW_HEATMAPS.
     """
+    ListScreens: _grpc.UnaryUnaryMultiCallable[_heatmap_pb2.ListScreensRequest, _heatmap_pb2.ListScreensResponse]
+    """Beyond the original four: the screens that have touch events in a time
+    range (optionally one campaign), with their event counts and whether a
+    screenshot was uploaded for them, most events first. It is what a
+    browser needs to offer a list of screens without knowing their names.
+    Requires VIEW_HEATMAPS.
+    """
 
 @_typing.type_check_only
 class HeatmapServiceAsyncStub(HeatmapServiceStub):
@@ -89,6 +96,13 @@ class HeatmapServiceAsyncStub(HeatmapServiceStub):
     """Beyond the original four: fetch one screenshot's bytes. Requires VIEW_HEATMAPS."""
     RenderHeatmap: _aio.UnaryUnaryMultiCallable[_heatmap_pb2.RenderHeatmapRequest, _heatmap_pb2.RenderHeatmapResponse]  # type: ignore[assignment]
     """Beyond the original four: the heatmap drawn over a screenshot, as PNG.
+    Requires VIEW_HEATMAPS.
+    """
+    ListScreens: _aio.UnaryUnaryMultiCallable[_heatmap_pb2.ListScreensRequest, _heatmap_pb2.ListScreensResponse]  # type: ignore[assignment]
+    """Beyond the original four: the screens that have touch events in a time
+    range (optionally one campaign), with their event counts and whether a
+    screenshot was uploaded for them, most events first. It is what a
+    browser needs to offer a list of screens without knowing their names.
     Requires VIEW_HEATMAPS.
     """
 
@@ -145,6 +159,19 @@ class HeatmapServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_heatmap_pb2.RenderHeatmapResponse, _abc.Awaitable[_heatmap_pb2.RenderHeatmapResponse]]:
         """Beyond the original four: the heatmap drawn over a screenshot, as PNG.
+        Requires VIEW_HEATMAPS.
+        """
+
+    @_abc_1.abstractmethod
+    def ListScreens(
+        self,
+        request: _heatmap_pb2.ListScreensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_heatmap_pb2.ListScreensResponse, _abc.Awaitable[_heatmap_pb2.ListScreensResponse]]:
+        """Beyond the original four: the screens that have touch events in a time
+        range (optionally one campaign), with their event counts and whether a
+        screenshot was uploaded for them, most events first. It is what a
+        browser needs to offer a list of screens without knowing their names.
         Requires VIEW_HEATMAPS.
         """
 
