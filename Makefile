@@ -1,10 +1,15 @@
-# One command for everything CI checks: `make check` (lint, types, tests).
+# One command for everything CI checks: `make check` (test tools, lint, types, tests).
 PY ?= .venv/bin/python
 
-.PHONY: install check lint types test test-fast proto dev
+.PHONY: install test-tools check lint types test test-fast proto dev
 
+# What `heatmap dev` needs (venv with the runtime package, Kafka jars).
 install:
 	bash deploy/local/install.sh
+
+# install + what only the tests need (dev extra, S3 server, validators, Chromium); cached.
+test-tools:
+	bash deploy/local/install-test-tools.sh
 
 lint:
 	$(PY) -m ruff check .
@@ -19,7 +24,9 @@ test:
 test-fast:
 	$(PY) -m pytest tests/unit
 
-check: lint types test
+# The tools first, in order even under `make -j`: lint and the tests need them.
+check: test-tools
+	$(MAKE) --no-print-directory lint types test
 
 proto:
 	$(PY) -m schemas.codegen
