@@ -18,7 +18,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from clickhouse_connect.driver.client import Client
@@ -36,7 +36,7 @@ from heatmap.errors import (
     Unavailable,
 )
 from heatmap.settings import Settings
-from query_api import backdrops, heatmap_query, render
+from query_api import backdrops, heatmap_query, render, screens_query
 from query_api.clickhouse_errors import clickhouse_error
 from query_api.metrics import QueryMetrics
 from query_api.png_check import PngInfo, check_header, decode_png
@@ -53,6 +53,15 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 START_TIMEOUT_S = 30.0
+# Object-store listings at once for one ListScreens (one per listed screen).
+SCREEN_LISTINGS_AT_ONCE = 8
+
+
+class CallContext(Protocol):
+    """What a handler needs of its call: a gRPC ServicerContext, or the HTTP
+    transport's adapter (``query_api.explorer.connect_app``)."""
+
+    def time_remaining(self) -> float | None: ...
 
 
 class QueryService:
@@ -146,6 +155,9 @@ class QueryService:
                     "RenderHeatmap": unary(
                         self.RenderHeatmap, pb.RenderHeatmapRequest, pb.RenderHeatmapResponse
                     ),
+                    "ListScreens": unary(
+                        self.ListScreens, pb.ListScreensRequest, pb.ListScreensResponse
+                    ),
                 },
             )
         ]
@@ -169,18 +181,37 @@ class QueryService:
         self,
         request: heatmap_pb2.QueryHeatmapDataRequest,
         field: str = "",
-        context: grpc.aio.ServicerContext | None = None,
+        context: CallContext | None = None,
     ) -> heatmap_pb2.QueryHeatmapDataResponse:
         """Validate, run and shape one heatmap query (shared by QueryHeatmapData and render).
 
-        ClickHouse's max_execution_time is the configured bound, lowered to the
-        caller's remaining gRPC deadline when that is shorter.
+        With top_users, two statements: the ranking, then the kept users' cells.
         """
         spec = heatmap_query.parse_request(request, field)
         if heatmap_query.is_empty(spec):
             return heatmap_pb2.QueryHeatmapDataResponse(grid_size=spec.grid_size)
         limit = self._settings.query.max_per_user_points
-        plan = heatmap_query.plan(spec, limit)
+        ranking = None
+        users = None
+        if spec.top_users:
+            rows = await self._sql(heatmap_query.plan_top_users(spec), context)
+            ranking = heatmap_query.ranking_from_rows(rows)
+            users = ranking.user_ids
+            if not users:
+                return heatmap_query.build_response(spec, [], limit, ranking)
+        rows = await self._sql(heatmap_query.plan(spec, limit, users), context)
+        response = heatmap_query.build_response(spec, rows, limit, ranking)
+        self._metrics.points.labels("per_user" if spec.per_user else "all_users").observe(
+            len(response.data_points)
+        )
+        return response
+
+    async def _sql(
+        self, plan: heatmap_query.Plan, context: CallContext | None
+    ) -> Sequence[Sequence[Any]]:
+        """Run one planned statement; its rows column-wise. ClickHouse's
+        max_execution_time is the configured bound, lowered to the caller's
+        remaining deadline when that is shorter."""
         client = self._client
         if client is None:
             raise Unavailable("query service is not started")
@@ -201,21 +232,45 @@ class QueryService:
         summary = result.summary or {}
         self._metrics.rows_read.labels(plan.table).inc(int(summary.get("read_rows", 0) or 0))
         self._metrics.bytes_read.labels(plan.table).inc(int(summary.get("read_bytes", 0) or 0))
-        response = heatmap_query.build_response(spec, result.result_columns, limit)
-        self._metrics.points.labels("per_user" if spec.per_user else "all_users").observe(
-            len(response.data_points)
-        )
-        return response
+        columns: Sequence[Sequence[Any]] = result.result_columns
+        return columns
 
     # ------------------------------------------------------------ handlers
 
     async def QueryHeatmapData(
-        self, request: heatmap_pb2.QueryHeatmapDataRequest, context: grpc.aio.ServicerContext
+        self, request: heatmap_pb2.QueryHeatmapDataRequest, context: CallContext
     ) -> heatmap_pb2.QueryHeatmapDataResponse:
         return await self.query(request, context=context)
 
+    async def ListScreens(
+        self, request: heatmap_pb2.ListScreensRequest, context: CallContext
+    ) -> heatmap_pb2.ListScreensResponse:
+        spec = screens_query.parse_request(request)
+        if spec.empty_range:
+            return heatmap_pb2.ListScreensResponse()
+        rows = await self._sql(screens_query.plan(spec), context)
+        counts, truncated = screens_query.counts_from_rows(spec, rows)
+        store = self.store
+        gate = asyncio.Semaphore(SCREEN_LISTINGS_AT_ONCE)
+
+        async def newest(screen: str) -> Screenshot | None:
+            async with gate:
+                shots = await self._store_call("list", store.list, screen)
+            return shots[0] if shots else None
+
+        shots = await asyncio.gather(*(newest(name) for name, _ in counts))
+        response = heatmap_pb2.ListScreensResponse(truncated=truncated)
+        for (name, n), shot in zip(counts, shots, strict=True):
+            summary = response.screens.add(screen_name=name, event_count=n)
+            if shot is not None:
+                summary.has_screenshot = True
+                summary.newest_screenshot_id = shot.screenshot_id
+                summary.newest_screenshot_width = shot.width
+                summary.newest_screenshot_height = shot.height
+        return response
+
     async def ListScreenshots(
-        self, request: heatmap_pb2.ListScreenshotsRequest, context: grpc.aio.ServicerContext
+        self, request: heatmap_pb2.ListScreenshotsRequest, context: CallContext
     ) -> heatmap_pb2.ListScreenshotsResponse:
         _check_screen_name(request.screen_name)
         store = self.store
@@ -225,7 +280,7 @@ class QueryService:
         )
 
     async def UploadScreenshot(
-        self, request: heatmap_pb2.UploadScreenshotRequest, context: grpc.aio.ServicerContext
+        self, request: heatmap_pb2.UploadScreenshotRequest, context: CallContext
     ) -> heatmap_pb2.UploadScreenshotResponse:
         _check_screen_name(request.screen_name)
         data = request.image_data
@@ -248,7 +303,7 @@ class QueryService:
         )
 
     async def GetScreenshot(
-        self, request: heatmap_pb2.GetScreenshotRequest, context: grpc.aio.ServicerContext
+        self, request: heatmap_pb2.GetScreenshotRequest, context: CallContext
     ) -> heatmap_pb2.GetScreenshotResponse:
         if not request.screenshot_id:
             raise InvalidArgument([FieldViolation("screenshot_id", "is required")])
@@ -262,7 +317,7 @@ class QueryService:
         )
 
     async def RenderHeatmap(
-        self, request: heatmap_pb2.RenderHeatmapRequest, context: grpc.aio.ServicerContext
+        self, request: heatmap_pb2.RenderHeatmapRequest, context: CallContext
     ) -> heatmap_pb2.RenderHeatmapResponse:
         if (
             request.width < 0
@@ -293,7 +348,7 @@ class QueryService:
         )
 
     async def _backdrop(
-        self, screen_name: str, shot_id: str, context: grpc.aio.ServicerContext
+        self, screen_name: str, shot_id: str, context: CallContext
     ) -> _Backdrop | None:
         """What to draw on (the named or newest screenshot), or None for a blank canvas."""
         store = self.store
@@ -310,9 +365,7 @@ class QueryService:
             raise NotFound(f"screenshot {shot_id!r} not found")
         return None
 
-    async def _backdrop_png(
-        self, shot: Screenshot, context: grpc.aio.ServicerContext
-    ) -> bytes | None:
+    async def _backdrop_png(self, shot: Screenshot, context: CallContext) -> bytes | None:
         store = self.store
         if not backdrops.needs_backdrop(shot.width, shot.height):
             return await self._store_call("read", store.read_image, shot.screenshot_id)
@@ -353,7 +406,7 @@ def _forget(
         done.exception()  # retrieved: every waiter may have given up
 
 
-def _remaining(context: grpc.aio.ServicerContext | None) -> float | None:
+def _remaining(context: CallContext | None) -> float | None:
     remaining = context.time_remaining() if context is not None else None
     return None if remaining is None else max(0.0, float(remaining))
 
@@ -396,7 +449,7 @@ def _render(
             image.close()
 
 
-def _time_budget(settings: Settings, context: grpc.aio.ServicerContext | None) -> float:
+def _time_budget(settings: Settings, context: CallContext | None) -> float:
     budget = settings.clickhouse.max_execution_time_s
     remaining = context.time_remaining() if context is not None else None
     if remaining is not None:

@@ -23,7 +23,10 @@ Every value from the request reaches ClickHouse as a bound parameter
 PER_USER answers are bounded by ``Settings.query.max_per_user_points``
 (``HEATMAP_MAX_PER_USER_POINTS``, default 200,000 points): a query whose
 answer would be larger fails with RESOURCE_EXHAUSTED and a message saying how
-to narrow it, rather than returning a silently truncated heatmap.
+to narrow it, rather than returning a silently truncated heatmap. A
+request with ``top_users = N`` first ranks the users (``plan_top_users``:
+their number and touches before the cut, then the N highest) and then reads
+only those users' cells, so a popular screen can still be shown per user.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ GRID_SIZES = (8, 16, 32, 64, 128, 256, 512)
 DEFAULT_GRID = 64
 VALID_EVENT_TYPES = frozenset(EVENT_TYPES)
 _DATETIME_MAX = 2**32 - 1  # ClickHouse DateTime upper bound (2106-02-07)
+MAX_TOP_USERS = 1000
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,20 @@ class QuerySpec:
     start_s: int | None  # ceil(start_time) in Unix seconds; None: unbounded
     end_s: int | None  # ceil(end_time) in Unix seconds; None: unbounded
     grid_size: int
+    top_users: int = 0  # PER_USER only; 0: every user
 
     @property
     def empty_range(self) -> bool:
         return self.start_s is not None and self.end_s is not None and self.start_s >= self.end_s
+
+
+@dataclass(frozen=True)
+class UserRanking:
+    """The users a top_users query keeps, and what the filters matched before the cut."""
+
+    user_ids: tuple[str, ...]
+    total_users: int
+    total_touches: int
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,41 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
                     f"is {event_type}; must be one of {EVENT_TYPE_NAMES}",
                 )
             )
+    start_s, end_s = time_bounds(request, prefix, violations)
+    per_user = request.mode == heatmap_pb2.PER_USER
+    if not 0 <= request.top_users <= MAX_TOP_USERS:
+        violations.append(
+            FieldViolation(
+                prefix + "top_users", f"is {request.top_users}; must be 0 or 1..{MAX_TOP_USERS}"
+            )
+        )
+    elif request.top_users and not per_user:
+        violations.append(FieldViolation(prefix + "top_users", "is only for mode PER_USER"))
+    if violations:
+        raise InvalidArgument(violations)
+    return QuerySpec(
+        screen_name=request.screen_name,
+        campaign_id=request.campaign_id,
+        per_user=per_user,
+        user_id=request.user_id,
+        event_types=tuple(sorted(set(request.event_types))),
+        start_s=start_s,
+        end_s=end_s,
+        grid_size=grid,
+        top_users=request.top_users,
+    )
+
+
+def time_bounds(
+    request: heatmap_pb2.QueryHeatmapDataRequest | heatmap_pb2.ListScreensRequest,
+    prefix: str,
+    violations: list[FieldViolation],
+) -> tuple[int | None, int | None]:
+    """(start_s, end_s) of a request's start_time/end_time, clamped to DateTime.
+
+    Appends to ``violations`` rather than raising, so one answer names every
+    bad field.
+    """
     for name in ("start_time", "end_time"):
         ts = getattr(request, name)
         if request.HasField(name) and not 0 <= ts.nanos < 1_000_000_000:
@@ -126,38 +175,29 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
     end_s = _ceil_seconds(request.end_time) if request.HasField("end_time") else None
     if start_s is not None and end_s is not None and end_s < start_s:
         violations.append(FieldViolation(prefix + "end_time", "is before start_time"))
-    if violations:
-        raise InvalidArgument(violations)
     # Clamp to the DateTime range: bounds outside it filter nothing or everything.
     if start_s is not None and start_s <= 0:
         start_s = None
     if end_s is not None and end_s > _DATETIME_MAX:
         end_s = None
-    return QuerySpec(
-        screen_name=request.screen_name,
-        campaign_id=request.campaign_id,
-        per_user=request.mode == heatmap_pb2.PER_USER,
-        user_id=request.user_id,
-        event_types=tuple(sorted(set(request.event_types))),
-        start_s=start_s,
-        end_s=end_s,
-        grid_size=grid,
-    )
+    return start_s, end_s
 
 
-def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
-    """The one SQL statement answering ``spec``; user input only as bound parameters."""
-    if spec.per_user or spec.user_id:
-        table, stored_grid = "touch_cells_by_user", 512
-    elif spec.grid_size <= 64:
-        table, stored_grid = "touch_cells_64", 64
-    else:
-        table, stored_grid = "touch_cells", 512
-    params: dict[str, Any] = {
-        "screen": spec.screen_name,
-        "div": stored_grid // spec.grid_size,
-    }
+def time_where(
+    start_s: int | None, end_s: int | None, where: list[str], params: dict[str, Any]
+) -> None:
+    """The hour-range conditions (bound parameters ``start``/``end``)."""
+    if start_s is not None:
+        where.append("hour >= toDateTime({start:UInt32}, 'UTC')")
+        params["start"] = min(start_s, _DATETIME_MAX)
+    if end_s is not None:
+        where.append("hour < toDateTime({end:UInt32}, 'UTC')")
+        params["end"] = max(end_s, 0)
+
+
+def _filters(spec: QuerySpec) -> tuple[list[str], dict[str, Any]]:
     where = ["screen_name = {screen:String}"]
+    params: dict[str, Any] = {"screen": spec.screen_name}
     if spec.campaign_id:
         where.append("campaign_id = {campaign:String}")
         params["campaign"] = spec.campaign_id
@@ -167,12 +207,49 @@ def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
     if spec.event_types:
         where.append("event_type IN {types:Array(UInt8)}")
         params["types"] = list(spec.event_types)
-    if spec.start_s is not None:
-        where.append("hour >= toDateTime({start:UInt32}, 'UTC')")
-        params["start"] = min(spec.start_s, _DATETIME_MAX)
-    if spec.end_s is not None:
-        where.append("hour < toDateTime({end:UInt32}, 'UTC')")
-        params["end"] = max(spec.end_s, 0)
+    time_where(spec.start_s, spec.end_s, where, params)
+    return where, params
+
+
+def plan_top_users(spec: QuerySpec) -> Plan:
+    """Rank users for a top_users query: rows (user_id, touches, users, all touches).
+
+    The window totals are computed over every user before ORDER BY/LIMIT, so
+    the one statement also tells how many users and touches the cut left out.
+    """
+    where, params = _filters(spec)
+    params["top"] = spec.top_users
+    sql = (
+        "SELECT user_id, t, count() OVER () AS users, sum(t) OVER () AS touches FROM "
+        f"(SELECT user_id, sum(events) AS t FROM touch_cells_by_user WHERE {' AND '.join(where)} "
+        "GROUP BY user_id HAVING t > 0) ORDER BY t DESC, user_id ASC LIMIT {top:UInt32}"
+    )
+    return Plan(table="touch_cells_by_user", sql=sql, parameters=params, per_user=True)
+
+
+def ranking_from_rows(columns: Sequence[Sequence[Any]]) -> UserRanking:
+    if not columns or not columns[0]:
+        return UserRanking((), 0, 0)
+    users, _, n_users, touches = columns
+    return UserRanking(tuple(users), int(n_users[0]), int(touches[0]))
+
+
+def plan(spec: QuerySpec, max_per_user_points: int, users: Sequence[str] | None = None) -> Plan:
+    """The one SQL statement answering ``spec``; user input only as bound parameters.
+
+    ``users``: PER_USER only, read just these users (the top_users ranking).
+    """
+    if spec.per_user or spec.user_id:
+        table, stored_grid = "touch_cells_by_user", 512
+    elif spec.grid_size <= 64:
+        table, stored_grid = "touch_cells_64", 64
+    else:
+        table, stored_grid = "touch_cells", 512
+    where, params = _filters(spec)
+    params["div"] = stored_grid // spec.grid_size
+    if users is not None:
+        where.append("user_id IN {users:Array(String)}")
+        params["users"] = list(users)
     if spec.per_user:
         cells = "intDiv(cell_x, {div:UInt16}) AS gx, intDiv(cell_y, {div:UInt16}) AS gy"
         select = f"SELECT user_id, {cells}, sum(events) AS n FROM {table}"
@@ -195,11 +272,21 @@ def plan(spec: QuerySpec, max_per_user_points: int) -> Plan:
 
 
 def build_response(
-    spec: QuerySpec, columns: Sequence[Sequence[Any]], max_per_user_points: int
+    spec: QuerySpec,
+    columns: Sequence[Sequence[Any]],
+    max_per_user_points: int,
+    ranking: UserRanking | None = None,
 ) -> heatmap_pb2.QueryHeatmapDataResponse:
-    """The response for the rows of ``plan(spec)`` (given column-wise)."""
+    """The response for the rows of ``plan(spec)`` (given column-wise).
+
+    ``ranking``: the top_users ranking the rows were read for (its totals go
+    into total_users/total_touches).
+    """
     g = spec.grid_size
     response = heatmap_pb2.QueryHeatmapDataResponse(grid_size=g)
+    if ranking is not None:
+        response.total_users = ranking.total_users
+        response.total_touches = ranking.total_touches
     if not columns or not columns[0]:
         return response
     if not spec.per_user:
@@ -232,6 +319,9 @@ def build_response(
         heatmap_pb2.UserTouchCount(user_id=user, touch_count=total) for user, total in ranked
     )
     response.total_count = sum(totals.values())
+    if ranking is None:
+        response.total_users = len(ranked)
+        response.total_touches = response.total_count
     return response
 
 
