@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n schemas/heatmap/v1/heatmap.proto\x12\nheatmap.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\nTouchEvent\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x02\x12\t\n\x01y\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x05 \x01(\t\x12.\n\nevent_type\x18\x06 \x01(\x0e\x32\x1a.heatmap.v1.TouchEventType\"T\n\x18IngestTouchEventsRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.heatmap.v1.TouchEvent\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\"3\n\x19IngestTouchEventsResponse\x12\x16\n\x0eingested_count\x18\x01 \x01(\x05\"\xb0\x02\n\x17QueryHeatmapDataRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.heatmap.v1.HeatmapMode\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0b\x65vent_types\x18\x05 \x03(\x0e\x32\x1a.heatmap.v1.TouchEventType\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tgrid_size\x18\x08 \x01(\x05\x12\x11\n\ttop_users\x18\x14 \x01(\x05\"H\n\x10HeatmapDataPoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0f\n\x07user_id\x18\x04 \x01(\t\"6\n\x0eUserTouchCount\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0btouch_count\x18\x02 \x01(\x03\"\xd8\x01\n\x18QueryHeatmapDataResponse\x12\x31\n\x0b\x64\x61ta_points\x18\x01 \x03(\x0b\x32\x1c.heatmap.v1.HeatmapDataPoint\x12\x35\n\x11user_touch_counts\x18\x02 \x03(\x0b\x32\x1a.heatmap.v1.UserTouchCount\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\x12\x11\n\tgrid_size\x18\x04 \x01(\x05\x12\x13\n\x0btotal_users\x18\x14 \x01(\x03\x12\x15\n\rtotal_touches\x18\x15 \x01(\x03\"\xf3\x01\n\x10ScreenScreenshot\x12\x15\n\rscreenshot_id\x18\x01 \x01(\t\x12\x13\n\x0bscreen_name\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12/\n\x0buploaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buploaded_by\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\t \x01(\t\x12\x14\n\x0c\x64ownload_url\x18\n \x01(\t\"-\n\x16ListScreenshotsRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\"L\n\x17ListScreenshotsResponse\x12\x31\n\x0bscreenshots\x18\x01 \x03(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\"a\n\x17UploadScreenshotRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x12\n\nimage_data\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"L\n\x18UploadScreenshotResponse\x12\x30\n\nscreenshot\x18\x01 \x01(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\"-\n\x14GetScreenshotRequest\x12\x15\n\rscreenshot_id\x18\x01 \x01(\t\"]\n\x15GetScreenshotResponse\x12\x30\n\nscreenshot\x18\x01 \x01(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\x12\x12\n\nimage_data\x18\x02 \x01(\x0c\"p\n\x14RenderHeatmapRequest\x12\x32\n\x05query\x18\x01 \x01(\x0b\x32#.heatmap.v1.QueryHeatmapDataRequest\x12\x15\n\rscreenshot_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\"C\n\x15RenderHeatmapResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"\xad\x01\n\x12ListScreensRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x15\n\rname_contains\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"\xb2\x01\n\rScreenSummary\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12\x16\n\x0ehas_screenshot\x18\x03 \x01(\x08\x12\x1c\n\x14newest_screenshot_id\x18\x04 \x01(\t\x12\x1f\n\x17newest_screenshot_width\x18\x05 \x01(\x05\x12 \n\x18newest_screenshot_height\x18\x06 \x01(\x05\"T\n\x13ListScreensResponse\x12*\n\x07screens\x18\x01 \x03(\x0b\x32\x19.heatmap.v1.ScreenSummary\x12\x11\n\ttruncated\x18\x02 \x01(\x08*Y\n\x0eTouchEventType\x12 \n\x1cTOUCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03TAP\x10\x01\x12\n\n\x06SCROLL\x10\x02\x12\x10\n\x0c\x41\x43TION_CLICK\x10\x03*H\n\x0bHeatmapMode\x12\x1c\n\x18HEATMAP_MODE_UNSPECIFIED\x10\x00\x12\r\n\tALL_USERS\x10\x01\x12\x0c\n\x08PER_USER\x10\x02\x32\x88\x05\n\x0eHeatmapService\x12`\n\x11IngestTouchEvents\x12$.heatmap.v1.IngestTouchEventsRequest\x1a%.heatmap.v1.IngestTouchEventsResponse\x12]\n\x10QueryHeatmapData\x12#.heatmap.v1.QueryHeatmapDataRequest\x1a$.heatmap.v1.QueryHeatmapDataResponse\x12Z\n\x0fListScreenshots\x12\".heatmap.v1.ListScreenshotsRequest\x1a#.heatmap.v1.ListScreenshotsResponse\x12]\n\x10UploadScreenshot\x12#.heatmap.v1.UploadScreenshotRequest\x1a$.heatmap.v1.UploadScreenshotResponse\x12T\n\rGetScreenshot\x12 .heatmap.v1.GetScreenshotRequest\x1a!.heatmap.v1.GetScreenshotResponse\x12T\n\rRenderHeatmap\x12 .heatmap.v1.RenderHeatmapRequest\x1a!.heatmap.v1.RenderHeatmapResponse\x12N\n\x0bListScreens\x12\x1e.heatmap.v1.ListScreensRequest\x1a\x1f.heatmap.v1.ListScreensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n schemas/heatmap/v1/heatmap.proto\x12\nheatmap.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xab\x01\n\nTouchEvent\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\t\n\x01x\x18\x02 \x01(\x02\x12\t\n\x01y\x18\x03 \x01(\x02\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x05 \x01(\t\x12.\n\nevent_type\x18\x06 \x01(\x0e\x32\x1a.heatmap.v1.TouchEventType\"T\n\x18IngestTouchEventsRequest\x12&\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x16.heatmap.v1.TouchEvent\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\"3\n\x19IngestTouchEventsResponse\x12\x16\n\x0eingested_count\x18\x01 \x01(\x05\"\xb0\x02\n\x17QueryHeatmapDataRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12%\n\x04mode\x18\x03 \x01(\x0e\x32\x17.heatmap.v1.HeatmapMode\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12/\n\x0b\x65vent_types\x18\x05 \x03(\x0e\x32\x1a.heatmap.v1.TouchEventType\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tgrid_size\x18\x08 \x01(\x05\x12\x11\n\ttop_users\x18\x14 \x01(\x05\"^\n\x10HeatmapDataPoint\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x14\n\x0cunique_users\x18( \x01(\x03\"6\n\x0eUserTouchCount\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0btouch_count\x18\x02 \x01(\x03\"\xa2\x02\n\x18QueryHeatmapDataResponse\x12\x31\n\x0b\x64\x61ta_points\x18\x01 \x03(\x0b\x32\x1c.heatmap.v1.HeatmapDataPoint\x12\x35\n\x11user_touch_counts\x18\x02 \x03(\x0b\x32\x1a.heatmap.v1.UserTouchCount\x12\x13\n\x0btotal_count\x18\x03 \x01(\x03\x12\x11\n\tgrid_size\x18\x04 \x01(\x05\x12\x13\n\x0btotal_users\x18\x14 \x01(\x03\x12\x15\n\rtotal_touches\x18\x15 \x01(\x03\x12\x14\n\x0cunique_users\x18( \x01(\x03\x12\x18\n\x10suppressed_count\x18) \x01(\x03\x12\x18\n\x10suppressed_cells\x18* \x01(\x05\"\xf3\x01\n\x10ScreenScreenshot\x12\x15\n\rscreenshot_id\x18\x01 \x01(\t\x12\x13\n\x0bscreen_name\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12/\n\x0buploaded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0buploaded_by\x18\x06 \x01(\t\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\t \x01(\t\x12\x14\n\x0c\x64ownload_url\x18\n \x01(\t\"-\n\x16ListScreenshotsRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\"L\n\x17ListScreenshotsResponse\x12\x31\n\x0bscreenshots\x18\x01 \x03(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\"a\n\x17UploadScreenshotRequest\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x12\n\nimage_data\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\"L\n\x18UploadScreenshotResponse\x12\x30\n\nscreenshot\x18\x01 \x01(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\"-\n\x14GetScreenshotRequest\x12\x15\n\rscreenshot_id\x18\x01 \x01(\t\"]\n\x15GetScreenshotResponse\x12\x30\n\nscreenshot\x18\x01 \x01(\x0b\x32\x1c.heatmap.v1.ScreenScreenshot\x12\x12\n\nimage_data\x18\x02 \x01(\x0c\"p\n\x14RenderHeatmapRequest\x12\x32\n\x05query\x18\x01 \x01(\x0b\x32#.heatmap.v1.QueryHeatmapDataRequest\x12\x15\n\rscreenshot_id\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\"C\n\x15RenderHeatmapResponse\x12\x0b\n\x03png\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\"\xad\x01\n\x12ListScreensRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x03 \x01(\t\x12\x15\n\rname_contains\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\"\xb2\x01\n\rScreenSummary\x12\x13\n\x0bscreen_name\x18\x01 \x01(\t\x12\x13\n\x0b\x65vent_count\x18\x02 \x01(\x03\x12\x16\n\x0ehas_screenshot\x18\x03 \x01(\x08\x12\x1c\n\x14newest_screenshot_id\x18\x04 \x01(\t\x12\x1f\n\x17newest_screenshot_width\x18\x05 \x01(\x05\x12 \n\x18newest_screenshot_height\x18\x06 \x01(\x05\"T\n\x13ListScreensResponse\x12*\n\x07screens\x18\x01 \x03(\x0b\x32\x19.heatmap.v1.ScreenSummary\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"F\n\x14\x45raseUserDataRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0c\n\x04undo\x18\x03 \x01(\x08\"b\n\x15\x45raseUserDataResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x03\x12\x14\n\x0crows_by_user\x18\x04 \x01(\x03*Y\n\x0eTouchEventType\x12 \n\x1cTOUCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x07\n\x03TAP\x10\x01\x12\n\n\x06SCROLL\x10\x02\x12\x10\n\x0c\x41\x43TION_CLICK\x10\x03*H\n\x0bHeatmapMode\x12\x1c\n\x18HEATMAP_MODE_UNSPECIFIED\x10\x00\x12\r\n\tALL_USERS\x10\x01\x12\x0c\n\x08PER_USER\x10\x02\x32\xde\x05\n\x0eHeatmapService\x12`\n\x11IngestTouchEvents\x12$.heatmap.v1.IngestTouchEventsRequest\x1a%.heatmap.v1.IngestTouchEventsResponse\x12]\n\x10QueryHeatmapData\x12#.heatmap.v1.QueryHeatmapDataRequest\x1a$.heatmap.v1.QueryHeatmapDataResponse\x12Z\n\x0fListScreenshots\x12\".heatmap.v1.ListScreenshotsRequest\x1a#.heatmap.v1.ListScreenshotsResponse\x12]\n\x10UploadScreenshot\x12#.heatmap.v1.UploadScreenshotRequest\x1a$.heatmap.v1.UploadScreenshotResponse\x12T\n\rGetScreenshot\x12 .heatmap.v1.GetScreenshotRequest\x1a!.heatmap.v1.GetScreenshotResponse\x12T\n\rRenderHeatmap\x12 .heatmap.v1.RenderHeatmapRequest\x1a!.heatmap.v1.RenderHeatmapResponse\x12N\n\x0bListScreens\x12\x1e.heatmap.v1.ListScreensRequest\x1a\x1f.heatmap.v1.ListScreensResponse\x12T\n\rEraseUserData\x12 .heatmap.v1.EraseUserDataRequest\x1a!.heatmap.v1.EraseUserDataResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schemas.heatmap.v1.heatmap_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOUCHEVENTTYPE']._serialized_start=2366
-  _globals['_TOUCHEVENTTYPE']._serialized_end=2455
-  _globals['_HEATMAPMODE']._serialized_start=2457
-  _globals['_HEATMAPMODE']._serialized_end=2529
+  _globals['_TOUCHEVENTTYPE']._serialized_start=2634
+  _globals['_TOUCHEVENTTYPE']._serialized_end=2723
+  _globals['_HEATMAPMODE']._serialized_start=2725
+  _globals['_HEATMAPMODE']._serialized_end=2797
   _globals['_TOUCHEVENT']._serialized_start=82
   _globals['_TOUCHEVENT']._serialized_end=253
   _globals['_INGESTTOUCHEVENTSREQUEST']._serialized_start=255
@@ -45,35 +45,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYHEATMAPDATAREQUEST']._serialized_start=395
   _globals['_QUERYHEATMAPDATAREQUEST']._serialized_end=699
   _globals['_HEATMAPDATAPOINT']._serialized_start=701
-  _globals['_HEATMAPDATAPOINT']._serialized_end=773
-  _globals['_USERTOUCHCOUNT']._serialized_start=775
-  _globals['_USERTOUCHCOUNT']._serialized_end=829
-  _globals['_QUERYHEATMAPDATARESPONSE']._serialized_start=832
-  _globals['_QUERYHEATMAPDATARESPONSE']._serialized_end=1048
-  _globals['_SCREENSCREENSHOT']._serialized_start=1051
-  _globals['_SCREENSCREENSHOT']._serialized_end=1294
-  _globals['_LISTSCREENSHOTSREQUEST']._serialized_start=1296
-  _globals['_LISTSCREENSHOTSREQUEST']._serialized_end=1341
-  _globals['_LISTSCREENSHOTSRESPONSE']._serialized_start=1343
-  _globals['_LISTSCREENSHOTSRESPONSE']._serialized_end=1419
-  _globals['_UPLOADSCREENSHOTREQUEST']._serialized_start=1421
-  _globals['_UPLOADSCREENSHOTREQUEST']._serialized_end=1518
-  _globals['_UPLOADSCREENSHOTRESPONSE']._serialized_start=1520
-  _globals['_UPLOADSCREENSHOTRESPONSE']._serialized_end=1596
-  _globals['_GETSCREENSHOTREQUEST']._serialized_start=1598
-  _globals['_GETSCREENSHOTREQUEST']._serialized_end=1643
-  _globals['_GETSCREENSHOTRESPONSE']._serialized_start=1645
-  _globals['_GETSCREENSHOTRESPONSE']._serialized_end=1738
-  _globals['_RENDERHEATMAPREQUEST']._serialized_start=1740
-  _globals['_RENDERHEATMAPREQUEST']._serialized_end=1852
-  _globals['_RENDERHEATMAPRESPONSE']._serialized_start=1854
-  _globals['_RENDERHEATMAPRESPONSE']._serialized_end=1921
-  _globals['_LISTSCREENSREQUEST']._serialized_start=1924
-  _globals['_LISTSCREENSREQUEST']._serialized_end=2097
-  _globals['_SCREENSUMMARY']._serialized_start=2100
-  _globals['_SCREENSUMMARY']._serialized_end=2278
-  _globals['_LISTSCREENSRESPONSE']._serialized_start=2280
-  _globals['_LISTSCREENSRESPONSE']._serialized_end=2364
-  _globals['_HEATMAPSERVICE']._serialized_start=2532
-  _globals['_HEATMAPSERVICE']._serialized_end=3180
+  _globals['_HEATMAPDATAPOINT']._serialized_end=795
+  _globals['_USERTOUCHCOUNT']._serialized_start=797
+  _globals['_USERTOUCHCOUNT']._serialized_end=851
+  _globals['_QUERYHEATMAPDATARESPONSE']._serialized_start=854
+  _globals['_QUERYHEATMAPDATARESPONSE']._serialized_end=1144
+  _globals['_SCREENSCREENSHOT']._serialized_start=1147
+  _globals['_SCREENSCREENSHOT']._serialized_end=1390
+  _globals['_LISTSCREENSHOTSREQUEST']._serialized_start=1392
+  _globals['_LISTSCREENSHOTSREQUEST']._serialized_end=1437
+  _globals['_LISTSCREENSHOTSRESPONSE']._serialized_start=1439
+  _globals['_LISTSCREENSHOTSRESPONSE']._serialized_end=1515
+  _globals['_UPLOADSCREENSHOTREQUEST']._serialized_start=1517
+  _globals['_UPLOADSCREENSHOTREQUEST']._serialized_end=1614
+  _globals['_UPLOADSCREENSHOTRESPONSE']._serialized_start=1616
+  _globals['_UPLOADSCREENSHOTRESPONSE']._serialized_end=1692
+  _globals['_GETSCREENSHOTREQUEST']._serialized_start=1694
+  _globals['_GETSCREENSHOTREQUEST']._serialized_end=1739
+  _globals['_GETSCREENSHOTRESPONSE']._serialized_start=1741
+  _globals['_GETSCREENSHOTRESPONSE']._serialized_end=1834
+  _globals['_RENDERHEATMAPREQUEST']._serialized_start=1836
+  _globals['_RENDERHEATMAPREQUEST']._serialized_end=1948
+  _globals['_RENDERHEATMAPRESPONSE']._serialized_start=1950
+  _globals['_RENDERHEATMAPRESPONSE']._serialized_end=2017
+  _globals['_LISTSCREENSREQUEST']._serialized_start=2020
+  _globals['_LISTSCREENSREQUEST']._serialized_end=2193
+  _globals['_SCREENSUMMARY']._serialized_start=2196
+  _globals['_SCREENSUMMARY']._serialized_end=2374
+  _globals['_LISTSCREENSRESPONSE']._serialized_start=2376
+  _globals['_LISTSCREENSRESPONSE']._serialized_end=2460
+  _globals['_ERASEUSERDATAREQUEST']._serialized_start=2462
+  _globals['_ERASEUSERDATAREQUEST']._serialized_end=2532
+  _globals['_ERASEUSERDATARESPONSE']._serialized_start=2534
+  _globals['_ERASEUSERDATARESPONSE']._serialized_end=2632
+  _globals['_HEATMAPSERVICE']._serialized_start=2800
+  _globals['_HEATMAPSERVICE']._serialized_end=3534
 # @@protoc_insertion_point(module_scope)

@@ -268,6 +268,7 @@ class HeatmapDataPoint(_message.Message):
     Y_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
+    UNIQUE_USERS_FIELD_NUMBER: _builtins.int
     x: _builtins.float
     """centre of the cell, (ix + 0.5) / grid_size"""
     y: _builtins.float
@@ -276,6 +277,10 @@ class HeatmapDataPoint(_message.Message):
     """events in the cell"""
     user_id: _builtins.str
     """PER_USER mode only: whose cell this is"""
+    unique_users: _builtins.int
+    """ALL_USERS mode: distinct users with touches in the cell under the
+    filters (exact).
+    """
     def __init__(
         self,
         *,
@@ -283,10 +288,11 @@ class HeatmapDataPoint(_message.Message):
         y: _builtins.float = ...,
         count: _builtins.int = ...,
         user_id: _builtins.str = ...,
+        unique_users: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "user_id", b"user_id", "x", b"x", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "unique_users", b"unique_users", "user_id", b"user_id", "x", b"x", "y", b"y"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,6 +330,9 @@ class QueryHeatmapDataResponse(_message.Message):
     GRID_SIZE_FIELD_NUMBER: _builtins.int
     TOTAL_USERS_FIELD_NUMBER: _builtins.int
     TOTAL_TOUCHES_FIELD_NUMBER: _builtins.int
+    UNIQUE_USERS_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_COUNT_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_CELLS_FIELD_NUMBER: _builtins.int
     total_count: _builtins.int
     """sum of all counts under the filters"""
     grid_size: _builtins.int
@@ -335,6 +344,16 @@ class QueryHeatmapDataResponse(_message.Message):
     user_touch_counts cover only the top users returned.
     """
     total_touches: _builtins.int
+    unique_users: _builtins.int
+    """ALL_USERS mode: distinct users with touches under the filters, over all
+    cells (exact; not the sum of the cells' unique_users).
+    """
+    suppressed_count: _builtins.int
+    """ALL_USERS mode with k-anonymity on (HEATMAP_MIN_USERS_PER_CELL = k):
+    the cells seen by fewer than k distinct users are left out of
+    data_points; their touches are summed here and still in total_count.
+    """
+    suppressed_cells: _builtins.int
     @_builtins.property
     def data_points(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeatmapDataPoint]:
         """Only cells with count > 0. ALL_USERS: one point per cell. PER_USER: one
@@ -354,10 +373,13 @@ class QueryHeatmapDataResponse(_message.Message):
         grid_size: _builtins.int = ...,
         total_users: _builtins.int = ...,
         total_touches: _builtins.int = ...,
+        unique_users: _builtins.int = ...,
+        suppressed_count: _builtins.int = ...,
+        suppressed_cells: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "grid_size", b"grid_size", "total_count", b"total_count", "total_touches", b"total_touches", "total_users", b"total_users", "user_touch_counts", b"user_touch_counts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_points", b"data_points", "grid_size", b"grid_size", "suppressed_cells", b"suppressed_cells", "suppressed_count", b"suppressed_count", "total_count", b"total_count", "total_touches", b"total_touches", "total_users", b"total_users", "unique_users", b"unique_users", "user_touch_counts", b"user_touch_counts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -717,3 +739,63 @@ class ListScreensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListScreensResponse: _TypeAlias = ListScreensResponse  # noqa: Y015
+
+@_typing.final
+class EraseUserDataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    UNDO_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """the JWT sub whose data goes"""
+    dry_run: _builtins.bool
+    """only report what would be removed"""
+    undo: _builtins.bool
+    """un-erase: count the user's events again from now on"""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+        undo: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "undo", b"undo", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserDataRequest: _TypeAlias = EraseUserDataRequest  # noqa: Y015
+
+@_typing.final
+class EraseUserDataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASURE_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ROWS_BY_USER_FIELD_NUMBER: _builtins.int
+    erasure_id: _builtins.str
+    """opaque id of the request (audit table key)"""
+    outcome: _builtins.str
+    """done | already done | not erased | would erase | nothing stored"""
+    events: _builtins.int
+    """touch events removed (or that would be)"""
+    rows_by_user: _builtins.int
+    """per-user rows removed (or that would be)"""
+    def __init__(
+        self,
+        *,
+        erasure_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        events: _builtins.int = ...,
+        rows_by_user: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erasure_id", b"erasure_id", "events", b"events", "outcome", b"outcome", "rows_by_user", b"rows_by_user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseUserDataResponse: _TypeAlias = EraseUserDataResponse  # noqa: Y015

@@ -69,6 +69,11 @@ class HeatmapServiceStub:
                 request_serializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensRequest.SerializeToString,
                 response_deserializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensResponse.FromString,
                 _registered_method=True)
+        self.EraseUserData = channel.unary_unary(
+                '/heatmap.v1.HeatmapService/EraseUserData',
+                request_serializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataRequest.SerializeToString,
+                response_deserializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataResponse.FromString,
+                _registered_method=True)
 
 
 class HeatmapServiceServicer:
@@ -132,6 +137,18 @@ class HeatmapServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUserData(self, request, context):
+        """Beyond the original four: erase one user's touch data exactly (the
+        per-user rows, and their contribution to every all-users count), and
+        stop counting that user's later events until an undo; or, with undo,
+        count them again (what was erased stays erased). Idempotent: a repeated
+        or interrupted request resumes and ends in the same state. Requires
+        ERASE_USER_DATA. See docs/privacy.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeatmapServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +186,11 @@ def add_HeatmapServiceServicer_to_server(servicer, server):
                     servicer.ListScreens,
                     request_deserializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensRequest.FromString,
                     response_serializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensResponse.SerializeToString,
+            ),
+            'EraseUserData': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUserData,
+                    request_deserializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataRequest.FromString,
+                    response_serializer=schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +382,33 @@ class HeatmapService:
             '/heatmap.v1.HeatmapService/ListScreens',
             schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensRequest.SerializeToString,
             schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.ListScreensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUserData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/heatmap.v1.HeatmapService/EraseUserData',
+            schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataRequest.SerializeToString,
+            schemas_dot_heatmap_dot_v1_dot_heatmap__pb2.EraseUserDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

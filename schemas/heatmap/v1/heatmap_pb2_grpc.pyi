@@ -75,6 +75,14 @@ class HeatmapServiceStub:
     browser needs to offer a list of screens without knowing their names.
     Requires VIEW_HEATMAPS.
     """
+    EraseUserData: _grpc.UnaryUnaryMultiCallable[_heatmap_pb2.EraseUserDataRequest, _heatmap_pb2.EraseUserDataResponse]
+    """Beyond the original four: erase one user's touch data exactly (the
+    per-user rows, and their contribution to every all-users count), and
+    stop counting that user's later events until an undo; or, with undo,
+    count them again (what was erased stays erased). Idempotent: a repeated
+    or interrupted request resumes and ends in the same state. Requires
+    ERASE_USER_DATA. See docs/privacy.md.
+    """
 
 @_typing.type_check_only
 class HeatmapServiceAsyncStub(HeatmapServiceStub):
@@ -104,6 +112,14 @@ class HeatmapServiceAsyncStub(HeatmapServiceStub):
     screenshot was uploaded for them, most events first. It is what a
     browser needs to offer a list of screens without knowing their names.
     Requires VIEW_HEATMAPS.
+    """
+    EraseUserData: _aio.UnaryUnaryMultiCallable[_heatmap_pb2.EraseUserDataRequest, _heatmap_pb2.EraseUserDataResponse]  # type: ignore[assignment]
+    """Beyond the original four: erase one user's touch data exactly (the
+    per-user rows, and their contribution to every all-users count), and
+    stop counting that user's later events until an undo; or, with undo,
+    count them again (what was erased stays erased). Idempotent: a repeated
+    or interrupted request resumes and ends in the same state. Requires
+    ERASE_USER_DATA. See docs/privacy.md.
     """
 
 class HeatmapServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -173,6 +189,20 @@ class HeatmapServiceServicer(metaclass=_abc_1.ABCMeta):
         screenshot was uploaded for them, most events first. It is what a
         browser needs to offer a list of screens without knowing their names.
         Requires VIEW_HEATMAPS.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseUserData(
+        self,
+        request: _heatmap_pb2.EraseUserDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_heatmap_pb2.EraseUserDataResponse, _abc.Awaitable[_heatmap_pb2.EraseUserDataResponse]]:
+        """Beyond the original four: erase one user's touch data exactly (the
+        per-user rows, and their contribution to every all-users count), and
+        stop counting that user's later events until an undo; or, with undo,
+        count them again (what was erased stays erased). Idempotent: a repeated
+        or interrupted request resumes and ends in the same state. Requires
+        ERASE_USER_DATA. See docs/privacy.md.
         """
 
 def add_HeatmapServiceServicer_to_server(servicer: HeatmapServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
