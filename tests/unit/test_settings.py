@@ -117,3 +117,110 @@ def test_worker_group_timings_reach_faust() -> None:
         15.0,
         0.2,
     )
+
+
+# A value each constrained variable must refuse; every variable read from the
+# environment with a checkable value appears here once.
+BAD_VALUES = {
+    "HEATMAP_JWT_PUBLIC_KEY_FILE": "/nonexistent/key.pem",
+    "HEATMAP_JWT_ALGORITHMS": "HS256,none",
+    "HEATMAP_JWT_LEEWAY_S": "soon",
+    "HEATMAP_JWT_JWKS_URL": "ftp://idp",
+    "HEATMAP_JWT_JWKS_LIFESPAN_S": "0",
+    "HEATMAP_JWT_JWKS_COOLDOWN_S": "-1",
+    "HEATMAP_KAFKA_PARTITIONS": "0",
+    "HEATMAP_KAFKA_REPLICATION": "-1",
+    "HEATMAP_KAFKA_COMPRESSION": "brotli",
+    "HEATMAP_PUBLISH_TIMEOUT_S": "inf",
+    "HEATMAP_PRODUCER_QUEUE_MAX_MESSAGES": "1.5",
+    "HEATMAP_PRODUCER_QUEUE_MAX_KBYTES": "0",
+    "HEATMAP_KAFKA_SECURITY_PROTOCOL": "tls",
+    "HEATMAP_KAFKA_SSL_CA_FILE": "/nonexistent/ca.pem",
+    "HEATMAP_KAFKA_SSL_CERT_FILE": "/nonexistent/cert.pem",
+    "HEATMAP_KAFKA_SSL_KEY_FILE": "/nonexistent/key.pem",
+    "HEATMAP_KAFKA_SASL_MECHANISM": "GSSAPI",
+    "HEATMAP_CLICKHOUSE_URL": "mysql://x",
+    "HEATMAP_CLICKHOUSE_DATABASE": "1st",
+    "HEATMAP_CLICKHOUSE_MAX_EXECUTION_TIME_S": "0",
+    "HEATMAP_CLICKHOUSE_READONLY_URL": "http://127.0.0.1:8123/db",
+    "HEATMAP_S3_ENDPOINT": "ftp://127.0.0.1",
+    "HEATMAP_S3_PRESIGN_TTL_S": "0",
+    "HEATMAP_GRPC_PORT": "-1",
+    "HEATMAP_METRICS_PORT": "65536",
+    "HEATMAP_GRPC_MAX_MESSAGE_BYTES": "0",
+    "HEATMAP_GRPC_MAX_CONCURRENT_RPCS": "many",
+    "HEATMAP_SHUTDOWN_GRACE_S": "nan",
+    "HEATMAP_FLUSH_INTERVAL_S": "0",
+    "HEATMAP_FLUSH_MAX_CELLS": "0",
+    "HEATMAP_CLICKHOUSE_RETRY_MAX_S": "-5",
+    "HEATMAP_KAFKA_SESSION_TIMEOUT_S": "2.9",
+    "HEATMAP_KAFKA_REBALANCE_TIMEOUT_S": "0",
+    "HEATMAP_KAFKA_COMMIT_INTERVAL_S": "0",
+    "HEATMAP_LEDGER_MEMORY_ENTRIES": "999",
+    "HEATMAP_LEDGER_FILTER_MB": "4097",
+    "HEATMAP_MAX_EVENT_AGE_S": "34560001",
+    "HEATMAP_MAX_PER_USER_POINTS": "0",
+    "HEATMAP_RENDER_MAX_CONCURRENT": "0",
+    "HEATMAP_LOG_LEVEL": "loud",
+    "HEATMAP_LOG_FORMAT": "xml",
+}
+
+
+@pytest.mark.parametrize(("name", "value"), sorted(BAD_VALUES.items()))
+def test_every_variable_is_named_in_its_error(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    message = str(err.value)
+    assert message.startswith(name), message  # the variable first, whatever else it needs
+    assert "\n" not in message
+
+
+def test_every_error_is_reported_at_once_on_one_line() -> None:
+    env = {"HEATMAP_KAFKA_PARTITIONS": "zero", "HEATMAP_GRPC_PORT": "70000"}
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    message = str(err.value)
+    assert "HEATMAP_KAFKA_PARTITIONS='zero'" in message
+    assert "HEATMAP_GRPC_PORT='70000'" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HEATMAP_CLICKHOUSE_URL", "mysql://heatmap:hunter2@127.0.0.1/db"),
+        ("HEATMAP_CLICKHOUSE_READONLY_URL", "chdb:///tmp/hunter2"),
+    ],
+)
+def test_secret_values_stay_out_of_errors(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name) as err:
+        Settings.from_env({name: value})
+    assert "hunter2" not in str(err.value)
+
+
+def test_unknown_heatmap_variables_are_ignored() -> None:
+    env = {"HEATMAP_KAFKA_PARTITION": "0", "HEATMAP_NOT_A_SETTING": "x", "heatmap_grpc_port": "-1"}
+    assert Settings.from_env(env) == Settings.from_env({})
+
+
+def test_empty_values_mean_unset() -> None:
+    every = [*BAD_VALUES, "HEATMAP_JWT_SECRET", "HEATMAP_KAFKA_BOOTSTRAP", "HEATMAP_S3_ENDPOINT"]
+    empty = Settings.from_env(dict.fromkeys(every, ""))
+    assert empty == Settings.from_env({})
+    assert not empty.server.metrics_port_set
+    # "" also does not count as set for the rules between variables
+    kafka = {"HEATMAP_KAFKA_SASL_USERNAME": "", "HEATMAP_KAFKA_SSL_CA_FILE": ""}
+    assert Settings.from_env(kafka).kafka.security_protocol == "plaintext"
+
+
+def test_building_sections_by_hand_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEATMAP_KAFKA_PARTITIONS", "99")
+    monkeypatch.setenv("HEATMAP_LOG_LEVEL", "DEBUG")
+    assert Settings().kafka.partitions == 12
+    assert Settings().log_level == "INFO"
+    assert Settings.from_env().kafka.partitions == 99
+
+
+def test_metrics_port_set_only_when_given() -> None:
+    assert Settings.from_env({"HEATMAP_METRICS_PORT": "9464"}).server.metrics_port_set
+    assert not Settings.from_env({}).server.metrics_port_set
