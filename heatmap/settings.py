@@ -290,6 +290,9 @@ class QuerySettings:
     # Image decodes and renders at once per query process (uploads included):
     # memory is this times the largest one (README, "Known limits").
     render_max_concurrent: Annotated[_PositiveInt, Env("RENDER_MAX_CONCURRENT")] = 2
+    # The explorer (page + Connect RPC for browsers) on this port of the query
+    # service, bound on HEATMAP_GRPC_HOST; 0 = off. `heatmap dev`: --http-port.
+    http_port: Annotated[_Port, Env("HTTP_PORT")] = 8080
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -20,7 +21,7 @@ from tests.conftest import TEST_JWT_SECRET
 
 
 def test_query_api_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = {
         **os.environ,
         "HEATMAP_CLICKHOUSE_URL": f"chdb://{tmp_path}/chdb",  # its own path: its own process
@@ -29,6 +30,7 @@ def test_query_api_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
         "HEATMAP_GRPC_HOST": "127.0.0.1",
         "HEATMAP_GRPC_PORT": str(port),
         "HEATMAP_METRICS_PORT": str(free_port()),
+        "HEATMAP_HTTP_PORT": str(http_port),
         "HEATMAP_LOG_FORMAT": "text",
     }
     for name in ("HEATMAP_S3_ENDPOINT", "HEATMAP_KAFKA_BOOTSTRAP"):
@@ -66,6 +68,17 @@ def test_query_api_process_serves_then_stops_on_sigterm(tmp_path: Path) -> None:
                 timeout=10,
             )
             assert (reply.total_count, reply.grid_size) == (0, 64)
+        # The explorer's HTTP port, same process: the page and a Connect call.
+        base = f"http://127.0.0.1:{http_port}"
+        with urllib.request.urlopen(f"{base}/explorer/", timeout=10) as page:
+            assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+        call = urllib.request.Request(
+            f"{base}/heatmap.v1.HeatmapService/QueryHeatmapData",
+            data=b'{"screenName": "Home"}',
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        with urllib.request.urlopen(call, timeout=10) as answer:
+            assert answer.read() == b'{\n  "gridSize": 64\n}'
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
