@@ -17,6 +17,12 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="everything on one machine, embedded defaults")
     dev.add_argument("--grpc-port", type=int, default=50051)
+    dev.add_argument(
+        "--http-port",
+        type=int,
+        default=None,
+        help="explorer page and Connect RPC port (default: HEATMAP_HTTP_PORT or 8080; 0 = off)",
+    )
     dev.add_argument("--data-dir", type=Path, default=Path(".heatmap-dev"))
 
     sub.add_parser("gateway", help="the ingest gateway (IngestTouchEvents), configured by env")
@@ -114,7 +120,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "dev":
         from heatmap_cli.dev import run as run_dev
 
-        return run_dev(settings, grpc_port=args.grpc_port, data_dir=args.data_dir)
+        return run_dev(
+            settings, grpc_port=args.grpc_port, data_dir=args.data_dir, http_port=args.http_port
+        )
     if command == "migrate":
         return _migrate(settings, args.cluster, args.create_readonly_user)
     if command == "infra":

@@ -5,10 +5,13 @@ Starts what is not configured: a local Kafka broker (unless
 ``HEATMAP_CLICKHOUSE_URL``), a filesystem screenshot store (unless
 ``HEATMAP_S3_ENDPOINT``); creates the topics and the schema; then runs the
 stream worker, the gateway and the query service behind one gRPC endpoint
-(all six RPCs, health, reflection). Health is SERVING once every part is
-ready. Ctrl-C / SIGTERM drains and stops everything, the broker included;
-so does any other death, ``kill -9`` included (the broker's watchdog sees
-this process go), and a start after a crash clears what it left behind.
+(every RPC, health, reflection), and the explorer page with its Connect RPC
+transport on an HTTP port (``--http-port``, else HEATMAP_HTTP_PORT, default
+8080; 0 = off), whose URL is printed with the dev token in its fragment.
+Health is SERVING once every part is ready. Ctrl-C / SIGTERM drains and
+stops everything, the broker included; so does any other death, ``kill -9``
+included (the broker's watchdog sees this process go), and a start after a
+crash clears what it left behind.
 Everything lives in ``--data-dir``, so a restart keeps all data; the dev JWT
 secret is kept there too, so earlier tokens stay valid. One ``heatmap dev``
 per data dir (a lock file says which); several run side by side on separate
@@ -74,10 +77,14 @@ def dev_settings(settings: Settings, data_dir: Path, grpc_port: int) -> Settings
     )
 
 
-def run(settings: Settings, *, grpc_port: int, data_dir: Path) -> int:
+def run(settings: Settings, *, grpc_port: int, data_dir: Path, http_port: int | None = None) -> int:
     # Every port we were told to use, before anything starts: a taken one is
     # a one-line error naming the option, not a traceback after the broker.
     ensure_free("--grpc-port", DEV_HOST, grpc_port)
+    http_setting = "--http-port" if http_port is not None else "HEATMAP_HTTP_PORT"
+    if http_port is None:
+        http_port = settings.query.http_port
+    ensure_free(http_setting, DEV_HOST, http_port)
     if settings.server.metrics_port_set and settings.server.metrics_port:
         ensure_free("HEATMAP_METRICS_PORT", DEV_HOST, settings.server.metrics_port)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +104,7 @@ def run(settings: Settings, *, grpc_port: int, data_dir: Path) -> int:
             applied = migrate(settings.clickhouse)
             if applied:
                 logger.info("ClickHouse schema: applied %s", ", ".join(applied))
-            asyncio.run(_serve(settings))
+            asyncio.run(_serve(settings, http_port, http_setting))
         finally:
             if broker is not None:
                 broker.stop()
@@ -130,10 +137,11 @@ def _own_data_dir(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, http_port: int, http_setting: str) -> None:
     # Imported here: each stage pulls in its own heavy dependencies (faust...).
     from ingest_gateway.app import Gateway
     from query_api.app import QueryService
+    from query_api.explorer.server import explorer_for
     from stream_workers.app import Worker
 
     registry = CollectorRegistry()
@@ -146,19 +154,34 @@ async def _serve(settings: Settings) -> None:
         metrics_port = start_metrics(registry, settings.server.metrics_port, DEV_HOST)
     # One chDB engine per process: the worker and the query service share it.
     clickhouse = connect(settings.clickhouse)
+    query = QueryService(settings, registry, clickhouse)
     components: list[Component] = [
         Worker(settings, registry, clickhouse),
         Gateway(settings, registry),
-        QueryService(settings, registry, clickhouse),
+        query,
     ]
+    explorer = None
+    if http_port:
+        explorer = explorer_for(
+            query, settings, registry, host=DEV_HOST, port=http_port, port_setting=http_setting
+        )
+        components.append(explorer)
 
     def banner(port: int) -> None:
         assert settings.auth.jwt_secret is not None
         token = mint_token(
             settings.auth.jwt_secret, "dev-user", [VIEW_HEATMAPS, MANAGE_HEATMAPS], 7 * 24 * 3600
         )
+        # The fragment never reaches the server; the page moves it into
+        # sessionStorage and removes it from the address bar.
+        explorer_url = (
+            f"http://{DEV_HOST}:{explorer.bound_port}/explorer/#token={token}"
+            if explorer is not None
+            else "off"
+        )
         print(
-            f"heatmap dev: gRPC on {DEV_HOST}:{port} (all six RPCs, health, reflection)\n"
+            f"heatmap dev: gRPC on {DEV_HOST}:{port} (every RPC, health, reflection)\n"
+            f"  explorer:  {explorer_url}\n"
             f"  data dir:  {settings.data_dir}\n"
             f"  kafka:     {settings.kafka.bootstrap}\n"
             f"  metrics:   "
