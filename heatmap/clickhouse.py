@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from heatmap.retention import Retention, apply_retention
 from heatmap.settings import ClickHouseSettings
 
 logger = logging.getLogger(__name__)
@@ -116,9 +117,10 @@ COMMENT 'Schema migrations applied by heatmap migrate'
 
 
 def migrate(settings: ClickHouseSettings) -> list[str]:
-    """Create the database and apply pending migrations; idempotent.
+    """Create the database, apply pending migrations, then the retention TTLs
+    (``HEATMAP_RETENTION_*``, to existing tables too); idempotent.
 
-    Returns the names applied by this call (empty when already current).
+    Returns the migration names applied by this call (empty when already current).
     """
     admin = connect(settings, database="default")
     try:
@@ -129,9 +131,17 @@ def migrate(settings: ClickHouseSettings) -> list[str]:
     try:
         client.command(_LEDGER)
         done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
-        return apply_pending(client, [(m, m.statements) for m in load_migrations()], done)
+        applied = apply_pending(client, [(m, m.statements) for m in load_migrations()], done)
+        apply_retention(
+            client, retention(settings), settings.database, quote_identifier(settings.database)
+        )
+        return applied
     finally:
         client.close()
+
+
+def retention(settings: ClickHouseSettings) -> Retention:
+    return Retention(settings.retention_per_user_days, settings.retention_all_users_days)
 
 
 def apply_pending(

@@ -43,7 +43,9 @@ from heatmap.clickhouse import (
     connect,
     load_migrations,
     quote_identifier,
+    retention,
 )
+from heatmap.retention import apply_retention
 from heatmap.settings import ClickHouseSettings
 
 #: ZooKeeper/Keeper path of each replicated table (per shard).
@@ -326,7 +328,9 @@ def migrate_cluster(settings: ClickHouseSettings, cluster: str) -> list[str]:
                 settings={"select_sequential_consistency": 1},
             ).result_rows
         }
-        return apply_pending(client, plan, done, f" on cluster {cluster}")
+        applied = apply_pending(client, plan, done, f" on cluster {cluster}")
+        apply_retention(client, retention(settings), db, quote_identifier(db), _on(cluster))
+        return applied
     finally:
         client.close()
 

@@ -226,6 +226,14 @@ class ClickHouseSettings:
     readonly_url: Annotated[
         str | None, AfterValidator(_clickhouse_user_url), Env("CLICKHOUSE_READONLY_URL")
     ] = field(default=None, repr=False)
+    # Days a touch row is kept after its hour, applied by ``heatmap migrate``
+    # (heatmap/retention.py); 0 keeps rows for ever. Per-user rows are personal
+    # data: 90 days, as PostHog keeps heatmap data. All-users counts: 400 days,
+    # so a month can be compared with the same month a year before.
+    retention_per_user_days: Annotated[int, Ge(0), Le(36_500), Env("RETENTION_PER_USER_DAYS")] = 90
+    retention_all_users_days: Annotated[int, Ge(0), Le(36_500), Env("RETENTION_ALL_USERS_DAYS")] = (
+        400
+    )
 
 
 @dataclass(frozen=True)
@@ -325,7 +333,24 @@ class Settings:
         if errors:
             raise SettingsError("; ".join(errors))
         top: Settings = read.pop("")
-        return replace(top, **read)
+        settings = replace(top, **read)
+        settings.check_retention()
+        return settings
+
+    def check_retention(self) -> None:
+        """A retention limit longer than the oldest event the gateway accepts, so
+        no acknowledged event is deleted by the next merge (when both are set in
+        one environment, as in dev and compose; docs/operations.md says why)."""
+        oldest_days = self.ingest.max_event_age_s / 86_400
+        for variable, days in (
+            ("RETENTION_PER_USER_DAYS", self.clickhouse.retention_per_user_days),
+            ("RETENTION_ALL_USERS_DAYS", self.clickhouse.retention_all_users_days),
+        ):
+            if 0 < days <= oldest_days:
+                raise SettingsError(
+                    f"{PREFIX}{variable}: {days} days is not longer than {PREFIX}MAX_EVENT_AGE_S "
+                    f"({oldest_days:g} days): an accepted event would be deleted at the next merge"
+                )
 
     # What each deployable needs: fail at start-up, naming the variable.
     def require_kafka(self) -> str:

@@ -64,7 +64,15 @@ def topic(kafka_bootstrap: str) -> str:
 @pytest.fixture
 def clickhouse(clickhouse_url: str) -> Iterator[ClickHouseSettings]:
     """A fresh, migrated database for this test, dropped afterwards."""
-    settings = ClickHouseSettings(url=clickhouse_url, database=unique("hm"))
+    # No TTL: some tests store fixed dates, which a retention limit would
+    # delete once the calendar passes them (tests/integration/test_retention.py
+    # covers the TTLs).
+    settings = ClickHouseSettings(
+        url=clickhouse_url,
+        database=unique("hm"),
+        retention_per_user_days=0,
+        retention_all_users_days=0,
+    )
     migrate(settings)
     yield settings
     admin = connect(settings, database="default")

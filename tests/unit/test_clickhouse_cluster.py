@@ -229,8 +229,18 @@ class _Recorder:
     def command(self, sql: str) -> None:
         self.log.append(sql)
 
-    def query(self, sql: str, settings: dict[str, object]) -> object:
+    def query(
+        self,
+        sql: str,
+        settings: dict[str, object] | None = None,
+        parameters: dict[str, object] | None = None,
+    ) -> object:
         self.log.append(sql)
+        if "system.tables" in sql:  # the retention step: tables without a TTL yet
+            assert parameters is not None
+            tables: list[str] = parameters["tables"]  # type: ignore[assignment]
+            rows: list[list[object]] = [[t, f"CREATE TABLE {DB}.{t} ENGINE = X"] for t in tables]
+            return type("Result", (), {"result_rows": rows})()
         assert settings == {"select_sequential_consistency": 1}
         rows = [[v] for v in sorted(self.done)]
         return type("Result", (), {"result_rows": rows})()
@@ -261,6 +271,10 @@ def test_migrate_cluster_creates_ledger_first_and_skips_applied_versions(
     assert log[1] == ledger_statement(CLUSTER, DB)
     inserts = [i for i, line in enumerate(log) if line.startswith("INSERT schema_migrations")]
     assert len(inserts) == len(load_migrations())
+    ttls = [line for line in log if "MODIFY TTL" in line]
+    assert len(ttls) == 3
+    assert all(f"ON CLUSTER `{CLUSTER}` MODIFY TTL" in line for line in ttls)
+    assert all(log.index(line) > inserts[-1] for line in ttls)  # after the migrations
     log.clear()
     assert clickhouse_cluster.migrate_cluster(settings, CLUSTER) == []
     assert not [line for line in log if "ENGINE" in line and "schema_migrations" not in line]

@@ -224,3 +224,22 @@ def test_building_sections_by_hand_reads_no_environment(monkeypatch: pytest.Monk
 def test_metrics_port_set_only_when_given() -> None:
     assert Settings.from_env({"HEATMAP_METRICS_PORT": "9464"}).server.metrics_port_set
     assert not Settings.from_env({}).server.metrics_port_set
+
+
+def test_retention_defaults_and_overrides() -> None:
+    ch = Settings.from_env({}).clickhouse
+    assert (ch.retention_per_user_days, ch.retention_all_users_days) == (90, 400)
+    ch = Settings.from_env(
+        {"HEATMAP_RETENTION_PER_USER_DAYS": "0", "HEATMAP_RETENTION_ALL_USERS_DAYS": "31"}
+    ).clickhouse
+    assert (ch.retention_per_user_days, ch.retention_all_users_days) == (0, 31)
+
+
+@pytest.mark.parametrize("name", ["RETENTION_PER_USER_DAYS", "RETENTION_ALL_USERS_DAYS"])
+def test_retention_shorter_than_the_accepted_event_age_is_refused(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"HEATMAP_{name}: 30 days is not longer"):
+        Settings.from_env({f"HEATMAP_{name}": "30"})  # default max event age: 30 days
+    with pytest.raises(SettingsError, match=f"HEATMAP_{name}"):
+        Settings.from_env({f"HEATMAP_{name}": "-1"})
+    ok = Settings.from_env({f"HEATMAP_{name}": "2", "HEATMAP_MAX_EVENT_AGE_S": "86400"})
+    assert ok.clickhouse.retention_per_user_days in (2, 90)
