@@ -33,6 +33,10 @@ from schemas.api import method_path
 
 VIEW_HEATMAPS = "VIEW_HEATMAPS"
 MANAGE_HEATMAPS = "MANAGE_HEATMAPS"
+# Erase / un-erase one user's touch data (EraseUserData): an admin right.
+ERASE_USER_DATA = "ERASE_USER_DATA"
+# PER_USER answers when k-anonymity is on (HEATMAP_MIN_USERS_PER_CELL set).
+VIEW_USER_HEATMAPS = "VIEW_USER_HEATMAPS"
 
 # None: any authenticated caller. A method missing here is not served.
 METHOD_PERMISSIONS: Mapping[str, str | None] = {
@@ -43,6 +47,7 @@ METHOD_PERMISSIONS: Mapping[str, str | None] = {
     method_path("RenderHeatmap"): VIEW_HEATMAPS,
     method_path("ListScreens"): VIEW_HEATMAPS,
     method_path("UploadScreenshot"): MANAGE_HEATMAPS,
+    method_path("EraseUserData"): ERASE_USER_DATA,
 }
 ANONYMOUS_METHODS: frozenset[str] = frozenset(
     {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", *REFLECTION_METHODS}

@@ -59,6 +59,29 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--screenshot-id", default="")
     render.add_argument("--token", default=None, help="bearer token (default: minted from secret)")
 
+    erase = sub.add_parser(
+        "erase-user", help="erase one user's touch data exactly (or --undo: count them again)"
+    )
+    erase.add_argument("user_id", help="the user's id (JWT sub)")
+    erase.add_argument("--dry-run", action="store_true", help="only report what would be removed")
+    erase.add_argument(
+        "--undo",
+        action="store_true",
+        help="un-erase: count the user's new events again (erased data stays erased)",
+    )
+    erase.add_argument(
+        "--target",
+        default=None,
+        help="query API host:port: erase through its EraseUserData RPC (needed while "
+        "heatmap dev holds a chDB store; default: ClickHouse and Kafka directly)",
+    )
+    erase.add_argument(
+        "--token",
+        default=None,
+        help="with --target: bearer token with ERASE_USER_DATA (default: minted from "
+        "HEATMAP_JWT_SECRET)",
+    )
+
     loadgen = sub.add_parser("loadgen", help="a synthetic fleet sending touch batches")
     loadgen.add_argument("--target", default="127.0.0.1:50051")
     loadgen.add_argument("--rate", type=float, default=10_000, help="events per second offered")
@@ -103,7 +126,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command: str = args.command
     if command in ("gateway", "worker", "query-api"):
         _ports_free(settings)
-    if command in ("gateway", "worker", "query-api", "dev", "migrate", "demo"):
+    if command in ("gateway", "worker", "query-api", "dev", "migrate", "demo", "erase-user"):
         configure_logging(settings.log_level, settings.log_format)
     if command == "gateway":
         from ingest_gateway.main import run as run_gateway
@@ -140,6 +163,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from query_api.render_cli import run as run_render
 
         return run_render(settings, args)
+    if command == "erase-user":
+        from query_api.erasure_cli import run as run_erase
+
+        return run_erase(settings, args)
     if command == "loadgen":
         from heatmap_devtools.loadgen import run as run_loadgen
 

@@ -36,7 +36,7 @@ from heatmap.errors import (
     Unavailable,
 )
 from heatmap.settings import Settings
-from query_api import backdrops, heatmap_query, render, screens_query
+from query_api import backdrops, erasure, heatmap_query, render, screens_query
 from query_api.clickhouse_errors import clickhouse_error
 from query_api.metrics import QueryMetrics
 from query_api.png_check import PngInfo, check_header, decode_png
@@ -158,6 +158,9 @@ class QueryService:
                     "ListScreens": unary(
                         self.ListScreens, pb.ListScreensRequest, pb.ListScreensResponse
                     ),
+                    "EraseUserData": unary(
+                        self.EraseUserData, pb.EraseUserDataRequest, pb.EraseUserDataResponse
+                    ),
                 },
             )
         ]
@@ -241,6 +244,19 @@ class QueryService:
         self, request: heatmap_pb2.QueryHeatmapDataRequest, context: CallContext
     ) -> heatmap_pb2.QueryHeatmapDataResponse:
         return await self.query(request, context=context)
+
+    async def EraseUserData(
+        self, request: heatmap_pb2.EraseUserDataRequest, context: CallContext
+    ) -> heatmap_pb2.EraseUserDataResponse:
+        client = self._client
+        if client is None:
+            raise Unavailable("query service is not started")
+        if not self._settings.kafka.bootstrap:
+            raise Unavailable("erasure needs the worker group's Kafka (HEATMAP_KAFKA_BOOTSTRAP)")
+        who = current_principal().user_id
+        return await asyncio.to_thread(
+            erasure.erase_user_data, client, self._settings.kafka, request, who
+        )
 
     async def ListScreens(
         self, request: heatmap_pb2.ListScreensRequest, context: CallContext

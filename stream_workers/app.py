@@ -198,6 +198,11 @@ class Worker:
         self._lag_task: asyncio.Task[None] | None = None
         self._lag_series: set[int] = set()
         self.lag_interval_s = 2.0
+        self._suppression_task: asyncio.Task[None] | None = None
+        self._assigned: set[int] = set()
+        # How soon an idle partition brings a new suppression version into
+        # force (an erasure waits for every partition).
+        self.suppression_interval_s = 1.0
 
     @property
     def app(self) -> faust.App:
@@ -226,7 +231,8 @@ class Worker:
         app = create_app(settings, self._data_dir, self.tuning)
         self._app = app
         dead_letters = DeadLetterTopic(app, settings.kafka.topic, settings.kafka.dlq_topic)
-        store: CellStore = ClickHouseCellStore(self._client)
+        clickhouse_store = ClickHouseCellStore(self._client)
+        store: CellStore = clickhouse_store
         if self._wrap_store is not None:
             store = self._wrap_store(store)
         self._processor = Processor(
@@ -238,12 +244,14 @@ class Worker:
             retry_max_s=settings.worker.clickhouse_retry_max_s,
             ledger_entries=settings.worker.ledger_memory_entries,
             ledger_filter_bytes=settings.worker.ledger_filter_mb << 20,
+            suppressions=clickhouse_store,
         )
         register_agents(app, settings, self._processor)
         app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         app.on_partitions_assigned.connect(cast(Any, self._on_assigned))
         await app.start()
         self._lag_task = asyncio.create_task(self._watch_lag())
+        self._suppression_task = asyncio.create_task(self._watch_suppressions())
         logger.info(
             "worker started: topic %s, group %s",
             settings.kafka.topic,
@@ -258,6 +266,7 @@ class Worker:
             self._processor.reset()
         gone = sorted(tp.partition for tp in revoked if tp.topic == self.settings.kafka.topic)
         self._keep_lag_series(set())  # until the new assignment, this worker owns nothing
+        self._assigned = set()
         logger.info("partitions revoked: %s", gone)
 
     async def _on_assigned(self, app: Any, *args: Any, **kwargs: Any) -> None:
@@ -267,6 +276,7 @@ class Worker:
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.settings.kafka.topic)
         self.metrics.assigned_partitions.set(len(mine))
         self._keep_lag_series(set(mine))
+        self._assigned = set(mine)
         self._joined = True
         logger.info("partitions assigned: %s", mine)
 
@@ -286,6 +296,20 @@ class Worker:
             await asyncio.sleep(self.lag_interval_s)
             with contextlib.suppress(Exception):
                 self.report_lag()
+
+    async def _watch_suppressions(self) -> None:
+        while True:
+            await asyncio.sleep(self.suppression_interval_s)
+            if not self._assigned or self._processor is None:
+                continue
+            try:
+                await self._processor.refresh_idle(sorted(self._assigned))
+            except Fenced as e:  # lost a partition meanwhile: the next rebalance resets us
+                logger.info("idle suppression refresh fenced: %s", e)
+            except FlushAbandoned:
+                return
+            except Exception as e:
+                logger.warning("idle suppression refresh failed: %s", e)
 
     def report_lag(self) -> None:
         """``heatmap_worker_consumer_lag{partition}`` for each partition assigned now.
@@ -330,10 +354,11 @@ class Worker:
 
     async def stop(self) -> None:
         started = time.monotonic()
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_task
+        for task in (self._lag_task, self._suppression_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._keep_lag_series(set())  # a stopped worker owns no partition
         if self._app is not None:
             processor = self._processor

@@ -28,6 +28,11 @@ class WorkerMetrics:
             "Batches dropped because the same (user, batch_id) was counted before",
             registry=registry,
         )
+        self.suppressed_events = Counter(
+            "heatmap_worker_suppressed_events",
+            "Events not counted because their user is erased (suppression list)",
+            registry=registry,
+        )
         self.cells_flushed = Counter(
             "heatmap_worker_cells_flushed",
             "Aggregated cell rows inserted into ClickHouse (marker rows excluded)",

@@ -17,6 +17,12 @@ watermarks), and every cell insert carries the token of the assignment its
 batch was prepared under. An insert of a writer that lost its partitions
 inserts nothing; the processor finds out (``owners``) and raises ``Fenced``,
 which crashes the app: a zombie must not go on acking.
+
+Suppression (docs/privacy.md): before deciding the records of a batch, the
+processor reads the suppression list's version and, for every version whose
+cut on a loaded partition is not stored yet, writes the cut (above every
+offset it has decided, or that any table holds, under the older versions).
+Records of an erased user above the cut are then left out of every table.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from schemas.touch_batch import BatchFormatError, decode_batch
 from stream_workers.aggregator import MAX_TIMESTAMP_MS, TABLE_NAMES, Block, Record, aggregate
 from stream_workers.dedup import BatchLedger, Key
 from stream_workers.metrics import WorkerMetrics
-from stream_workers.sink import MAX_BLOCK_ROWS, CellStore, LedgerRow
+from stream_workers.sink import MAX_BLOCK_ROWS, CellStore, LedgerRow, SuppressionStore
+from stream_workers.suppression import Suppressions
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +103,15 @@ class Processor:
         retry_max_s: float = 30.0,
         ledger_entries: int = 200_000,
         ledger_filter_bytes: int = 32 << 20,
+        suppressions: SuppressionStore | None = None,
     ) -> None:
         self.cells = store
+        # None: no suppression list (unit tests of the flush alone).
+        self.suppression_store = suppressions
+        self.suppressions = Suppressions()
+        self.decided: dict[int, int] = {}  # partition -> highest offset decided since the claim
+        self.replay_limit: dict[int, int] = {}  # partition -> highest offset any table held
+        self._state_lock = asyncio.Lock()
         self.topic = topic
         self.metrics = metrics
         self._dead_letter = dead_letter
@@ -122,7 +136,10 @@ class Processor:
         past the rebalance timeout) it cannot land on a partition that was
         claimed since, even by this same worker.
         """
+        self.suppressions.forget(self._loaded)
         self._loaded.clear()
+        self.decided.clear()
+        self.replay_limit.clear()
         self.watermarks.clear()
         self.ledger.forget()
         self.flushed_offsets.clear()
@@ -147,8 +164,14 @@ class Processor:
         May run while the previous batch's ``store`` is in flight (the agent
         pipelines them): the watermarks it reads may then miss that batch's
         markers, which changes nothing, because per partition this batch's
-        offsets are all above them.
+        offsets are all above them. Holds the state lock throughout, so that
+        the idle timer never brings a suppression version into force half-way
+        through a batch.
         """
+        async with self._state_lock:
+            return await self._prepare(raw)
+
+    async def _prepare(self, raw: Sequence[RawRecord]) -> Prepared:
         started = time.perf_counter()
         owner = self.owner
         self.metrics.messages.inc(len(raw))
@@ -160,6 +183,7 @@ class Processor:
             else:
                 records.append(record)
         await self._load(sorted({r.partition for r in raw} - self._loaded), owner)
+        await self._refresh_suppressions(owner)
         chunks: list[Chunk] = []
         chunk: list[Record] = []
         events = 0
@@ -171,6 +195,8 @@ class Processor:
             events += len(record.batch)
         if chunk:
             chunks.append(await self._prepare_chunk(chunk))
+        for item in raw:
+            self.decided[item.partition] = max(self.decided.get(item.partition, -1), item.offset)
         return Prepared(raw, chunks, time.perf_counter() - started, owner)
 
     async def store(self, prepared: Prepared) -> None:
@@ -241,9 +267,17 @@ class Processor:
             partitions,
             self.ledger.filter,
         )
+        cuts: dict[tuple[int, int], int] = {}
+        if self.suppression_store is not None:
+            cuts = await self._retry(
+                "load suppression cuts", self.suppression_store.load_cuts, self.topic, partitions
+            )
         if owner != self.owner:  # a rebalance happened meanwhile: state of a past assignment
             raise Fenced(f"{self.topic}[{partitions}]: reassigned while loading")
         self.watermarks.update(marks)
+        self.suppressions.set_cuts(cuts)
+        for (_, p, _), offset in marks.items():
+            self.replay_limit[p] = max(self.replay_limit.get(p, -1), offset)
         for p in partitions:
             self.ledger.load(p)
             self._loaded.add(p)
@@ -253,6 +287,67 @@ class Processor:
             ",".join(map(str, partitions)),
             len(marks),
             positions,
+        )
+
+    async def refresh_idle(self, assigned: Sequence[int]) -> None:
+        """Claim idle assigned partitions and write their cuts (a timer calls it).
+
+        An erasure waits for a cut on every partition: a partition without
+        traffic must get one too.
+        """
+        if self.suppression_store is None:
+            return
+        async with self._state_lock:
+            owner = self.owner
+            version = await self._retry(
+                "suppression version", self.suppression_store.suppression_version
+            )
+            if not version:  # nothing was ever erased: no cut to write
+                return
+            idle = sorted(set(assigned) - self._loaded)
+            if idle:
+                await self._load(idle, owner)
+            await self._refresh_suppressions(owner, version)
+
+    async def _refresh_suppressions(self, owner: str, version: int | None = None) -> None:
+        """Learn new versions; store the cut of every version a loaded partition lacks.
+
+        The cut is the highest offset of the partition decided under the older
+        versions: by this owner (``decided``, batches maybe still in flight) or
+        by an earlier one (what any table holds, ``replay_limit``). Records
+        above it are decided under the new version, only after it is stored.
+        """
+        store = self.suppression_store
+        if store is None:
+            return
+        if version is None:
+            version = await self._retry("suppression version", store.suppression_version)
+        if version > self.suppressions.version:
+            rows = await self._retry(
+                "load suppressions", store.load_suppressions, self.suppressions.version
+            )
+            self.suppressions.add(rows)
+        missing = self.suppressions.missing(sorted(self._loaded))
+        if not missing:
+            return
+        cuts = {
+            (p, seq): max(self.decided.get(p, -1), self.replay_limit.get(p, -1))
+            for p, seq in missing
+        }
+        partitions = sorted({p for p, _ in missing})
+        await self._retry("write suppression cuts", store.write_cuts, self.topic, cuts, owner)
+        stored = await self._retry("load suppression cuts", store.load_cuts, self.topic, partitions)
+        if owner != self.owner:
+            raise Fenced(f"{self.topic}{partitions}: reassigned while writing suppression cuts")
+        self.suppressions.set_cuts(stored)
+        if self.suppressions.missing(partitions):
+            await self._check_owner(partitions, owner)
+            raise RuntimeError(f"suppression cuts of {self.topic}{partitions} not stored")
+        logger.info(
+            "suppression version %d in force on %s[%s]",
+            self.suppressions.version,
+            self.topic,
+            ",".join(map(str, partitions)),
         )
 
     async def _prepare_chunk(self, chunk: list[Record]) -> Chunk:
@@ -269,6 +364,7 @@ class Processor:
             found = await self._retry(
                 "ledger look-up", self.cells.look_up_ledger, self.topic, unknown
             )
+        suppressed = 0
         for r in chunk:
             b = r.batch
             if b.client_batch_id and b.batch_id:
@@ -290,7 +386,16 @@ class Processor:
                     ledger_rows.append(
                         LedgerRow(r.partition, b.user_id, b.batch_id, r.offset, b.received_at_ms)
                     )
+            if self.suppressions.history and self.suppressions.suppressed(
+                b.user_id, r.partition, r.offset
+            ):
+                # Decided the same way by every replay (the cuts are stored); in
+                # the ledger all the same, so a retry after an un-erase is not new.
+                suppressed += len(b)
+                continue
             counted.append(r)
+        if suppressed:
+            self.metrics.suppressed_events.inc(suppressed)
         blocks: list[Block] = []
         if counted:
             blocks = await asyncio.to_thread(aggregate, counted, self.topic, dict(self.watermarks))

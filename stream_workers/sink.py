@@ -28,6 +28,7 @@ from clickhouse_connect.driver.client import Client
 from stream_workers.aggregator import TABLE_NAMES, Block, marker_campaign
 from stream_workers.dedup import FILTER_HASH_SQL, BloomFilter, Key, probe_positions_sql
 from stream_workers.native import NumberColumn, StringColumn, encode_block
+from stream_workers.suppression import SuppressionRow
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ LEDGER_TABLE = "ingest_batches"
 LEDGER_DAYS = 7
 FENCE_TABLE = "worker_fences"
 FENCE_COMMENT = "heatmap fenced insert"
+SUPPRESSION_TABLE = "user_suppressions"
+CUT_TABLE = "suppression_cuts"
 # One insert must stay one block on the server (atomic rows + markers).
 MAX_BLOCK_ROWS = 1_000_000
 # Rows of a block are already unique per key (aggregated by the worker): merging
@@ -73,6 +76,18 @@ class CellStore(Protocol):
     def insert_block(self, topic: str, block: Block, owner: str) -> None: ...
 
     def block_landed(self, topic: str, block: Block) -> bool: ...
+
+
+class SuppressionStore(Protocol):
+    """The suppression list and its cuts (docs/privacy.md, "Erasure protocol")."""
+
+    def suppression_version(self) -> int: ...
+
+    def load_suppressions(self, after: int) -> list[SuppressionRow]: ...
+
+    def load_cuts(self, topic: str, partitions: Sequence[int]) -> dict[tuple[int, int], int]: ...
+
+    def write_cuts(self, topic: str, cuts: Mapping[tuple[int, int], int], owner: str) -> None: ...
 
 
 def fence_tag(topic: str, partition: int) -> str:
@@ -304,6 +319,62 @@ class ClickHouseCellStore:
             parameters=parameters,
             data=block.payload,
             settings=INSERT_SETTINGS,
+        )
+
+    # ----------------------------------------------------------- suppression
+
+    def suppression_version(self) -> int:
+        result = self._client.query(f"SELECT max(seq) FROM {SUPPRESSION_TABLE}")
+        return int(result.result_rows[0][0] or 0)
+
+    def load_suppressions(self, after: int) -> list[SuppressionRow]:
+        result = self._client.query(
+            f"SELECT seq, user_id, action FROM {SUPPRESSION_TABLE} WHERE seq > {{after:UInt64}} "
+            "ORDER BY seq",
+            parameters={"after": after},
+        )
+        return [SuppressionRow(int(q), str(u), int(a)) for q, u, a in result.result_rows]
+
+    def load_cuts(self, topic: str, partitions: Sequence[int]) -> dict[tuple[int, int], int]:
+        """``(partition, seq) -> cut``; of two rows for one key (never written by the fenced
+        path, see ``write_cuts``) the lowest cut, so every reader agrees."""
+        if not partitions:
+            return {}
+        result = self._client.query(
+            f"SELECT kafka_partition, seq, min(cut) FROM {CUT_TABLE} "
+            "WHERE topic = {topic:String} AND kafka_partition IN {partitions:Array(UInt32)} "
+            "GROUP BY kafka_partition, seq",
+            parameters={"topic": topic, "partitions": list(partitions)},
+        )
+        return {(int(p), int(q)): int(c) for p, q, c in result.result_rows}
+
+    def write_cuts(self, topic: str, cuts: Mapping[tuple[int, int], int], owner: str) -> None:
+        """Store the cuts not stored yet, if ``owner`` holds every partition named.
+
+        Fenced like a cell insert (server-side condition, tagged so that a
+        ``claim`` waits for it): only the current owner of a partition writes
+        its cuts, so a cut is never written after the new owner read them.
+        The caller reads the cuts back (``load_cuts``) to learn what holds.
+        """
+        if not cuts:
+            return
+        partitions = sorted({p for p, _ in cuts})
+        tags = "".join(fence_tag(topic, p) for p in partitions)
+        self._client.command(
+            f"INSERT /* {FENCE_COMMENT} {tags} */ INTO {CUT_TABLE} "
+            "(topic, kafka_partition, seq, cut, owner) "
+            "SELECT {topic:String}, t.1, t.2, t.3, {owner:String} "
+            "FROM (SELECT arrayJoin({rows:Array(Tuple(UInt32, UInt64, Int64))}) AS t) "
+            f"WHERE (t.1, t.2) NOT IN (SELECT kafka_partition, seq FROM {CUT_TABLE} "
+            "WHERE topic = {topic:String}) "
+            f"AND (SELECT count() FROM ({_OWNERS_SQL}) WHERE o = {{owner:String}}) = {{n:UInt64}}",
+            parameters={
+                "topic": topic,
+                "owner": owner,
+                "rows": [(p, q, c) for (p, q), c in sorted(cuts.items())],
+                "partitions": partitions,
+                "n": len(partitions),
+            },
         )
 
     def block_landed(self, topic: str, block: Block) -> bool:
