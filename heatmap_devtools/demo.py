@@ -4,6 +4,8 @@ Talks to a running ``heatmap dev`` (or any deployment) through the public
 gRPC API only: uploads a mock screenshot per screen (buttons drawn where the
 synthetic fleet taps), sends load with ``heatmap_devtools.loadgen``, waits until the
 events are queryable, then renders a heatmap PNG per screen into ``--out``.
+A failed call propagates as ``grpc.RpcError``: the CLI turns it into one
+line (a token the server rejects: which ``--data-dir`` to pass).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from PIL import Image, ImageDraw
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.settings import Settings, SettingsError
 from heatmap_devtools.fleet import Fleet, FleetSpec
-from heatmap_devtools.loadgen import build_requests, send_load
+from heatmap_devtools.loadgen import build_requests, print_report, send_load
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 WIDTH, HEIGHT = 540, 960
@@ -52,7 +55,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if not secret and secret_file.exists():
         secret = secret_file.read_text().strip()
     if not secret:
-        raise SettingsError("HEATMAP_JWT_SECRET (or --token-secret, or a heatmap dev --data-dir)")
+        raise SettingsError(
+            f"no JWT secret: {secret_file} does not exist; pass --data-dir of the running "
+            "heatmap dev (or --token-secret, or set HEATMAP_JWT_SECRET)"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_demo(args.target, secret, out, args.events))
@@ -100,7 +106,10 @@ async def _demo(target: str, secret: str, out: Path, events: int) -> int:
             batch_size=batch,
             concurrency=8,
         )
-        print(report.summary())
+        print_report(report)
+        if not report.accepted_events:
+            print("no events were accepted (see the summary above)", file=sys.stderr)
+            return 1
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -5,7 +5,14 @@ one event per request, not the batch) and sent as raw bytes over grpc.aio by
 ``concurrency`` senders following an open-loop schedule: request k is due at
 ``k * batch_size / rate`` seconds. Each batch comes from one device with its
 own token (``sub`` = device id), and no two requests are the same bytes
-(``DistinctRequests``). Prints a progress bar and a summary.
+(``DistinctRequests``).
+
+The run ends at ``duration`` seconds of wall clock whether or not the server
+keeps up: no request is sent after it, calls still open then get ``grace``
+seconds to be answered and are cancelled after that. The summary says what
+was offered (due by the schedule), sent, accepted, and rejected or failed by
+status: one JSON line when stdout is not a terminal, a table when it is. The
+progress bar is drawn only on a terminal.
 """
 
 from __future__ import annotations
@@ -13,12 +20,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TextIO
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
 from heatmap.auth import mint_token
@@ -28,27 +39,108 @@ from schemas.api import method_path
 from schemas.heatmap.v1 import heatmap_pb2
 
 INGEST = method_path("IngestTouchEvents")
+DEFAULT_GRACE_S = 2.0
+
+# No answer, or not one about the request itself: the batch did not get
+# through (a device would retry it). Every other non-OK status is the server
+# refusing the request (invalid, unauthenticated, shed with RESOURCE_EXHAUSTED).
+FAILED_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+    }
+)
+# A call still open when the grace after --duration ran out.
+CUT_AT_STOP = "CANCELLED_AT_STOP"
 
 
 @dataclass
 class LoadReport:
-    requests: int = 0
+    """What one run offered, sent and got back (requests; events where named).
+
+    ``sent = accepted + sum(rejected) + sum(failed)``; ``offered - sent`` were
+    due by the schedule but not sent before the stop (every sender was
+    waiting for an answer).
+    """
+
+    batch_size: int = 0
+    offered_requests: int = 0
+    sent_requests: int = 0
+    accepted_requests: int = 0
     accepted_events: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
+    duration_s: float = 0.0
     elapsed_s: float = 0.0
 
-    def summary(self) -> str:
+    @property
+    def unsent_requests(self) -> int:
+        return self.offered_requests - self.sent_requests
+
+    def as_dict(self) -> dict[str, object]:
         lat = np.array(self.latencies_s or [0.0]) * 1000
         rate = self.accepted_events / self.elapsed_s if self.elapsed_s else 0.0
-        rejected = ", ".join(f"{k}={v}" for k, v in self.rejected.items()) or "none"
-        return (
-            f"sent {self.requests} requests in {self.elapsed_s:.1f}s; "
-            f"accepted {self.accepted_events} events ({rate:,.0f} events/s); "
-            f"rejected: {rejected}; latency ms p50 {np.percentile(lat, 50):.1f} "
-            f"p90 {np.percentile(lat, 90):.1f} p99 {np.percentile(lat, 99):.1f} "
-            f"max {lat.max():.1f}"
+        return {
+            "duration_s": self.duration_s,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "batch_size": self.batch_size,
+            "offered_requests": self.offered_requests,
+            "offered_events": self.offered_requests * self.batch_size,
+            "sent_requests": self.sent_requests,
+            "sent_events": self.sent_requests * self.batch_size,
+            "unsent_requests": self.unsent_requests,
+            "accepted_requests": self.accepted_requests,
+            "accepted_events": self.accepted_events,
+            "accepted_events_per_s": round(rate, 1),
+            "rejected": dict(sorted(self.rejected.items())),
+            "failed": dict(sorted(self.failed.items())),
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 1),
+                "p90": round(float(np.percentile(lat, 90)), 1),
+                "p99": round(float(np.percentile(lat, 99)), 1),
+                "max": round(float(lat.max()), 1),
+            },
+        }
+
+    def summary(self) -> str:
+        """One line: the JSON object of ``as_dict``."""
+        return json.dumps(self.as_dict())
+
+    def table(self) -> str:
+        """The same figures as a table for a person at a terminal."""
+        d = self.as_dict()
+        lat = d["latency_ms"]
+        assert isinstance(lat, dict)
+
+        def codes(counts: Counter[str]) -> str:
+            return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "-"
+
+        rows = [
+            (
+                "offered",
+                f"{self.offered_requests:,}",
+                f"{self.offered_requests * self.batch_size:,}",
+            ),
+            ("sent", f"{self.sent_requests:,}", f"{self.sent_requests * self.batch_size:,}"),
+            ("not sent by the stop", f"{self.unsent_requests:,}", ""),
+            ("accepted", f"{self.accepted_requests:,}", f"{self.accepted_events:,}"),
+            ("rejected", f"{sum(self.rejected.values()):,}", codes(self.rejected)),
+            ("failed", f"{sum(self.failed.values()):,}", codes(self.failed)),
+        ]
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'':{width}}  {'requests':>10}  events / by status"]
+        lines += [f"{name:{width}}  {requests:>10}  {events}" for name, requests, events in rows]
+        lines.append(
+            f"{self.elapsed_s:.1f} s for a --duration of {self.duration_s:g} s; "
+            f"{d['accepted_events_per_s']:,.0f} events/s accepted; latency ms "
+            f"p50 {lat['p50']} p90 {lat['p90']} p99 {lat['p99']} max {lat['max']}"
         )
+        return "\n".join(lines)
 
 
 def build_requests(fleet: Fleet, count: int, batch_size: int) -> list[bytes]:
@@ -121,13 +213,23 @@ async def send_load(
     duration_s: float,
     batch_size: int,
     concurrency: int,
-    progress: bool = True,
+    progress: bool | None = None,
     timeout_s: float = 10.0,
+    grace_s: float = DEFAULT_GRACE_S,
 ) -> LoadReport:
-    report = LoadReport()
+    """Offer ``rate`` events/s for ``duration_s`` of wall clock, then stop.
+
+    Returns by ``duration_s + grace_s`` (plus the channel's close) however
+    slow the server is: calls open at the end of the grace are cancelled and
+    counted as failed ``CANCELLED_AT_STOP``. ``progress=None``: a bar only
+    when stderr is a terminal.
+    """
     interval = batch_size / rate
     total = max(1, int(duration_s / interval))
+    report = LoadReport(batch_size=batch_size, offered_requests=total, duration_s=duration_s)
     counter = itertools.count()
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = tqdm(total=total * batch_size, unit="ev", unit_scale=True, disable=not progress)
     async with grpc.aio.insecure_channel(
         target, options=[("grpc.max_send_message_length", 4 << 20)]
@@ -138,40 +240,71 @@ async def send_load(
             response_deserializer=heatmap_pb2.IngestTouchEventsResponse.FromString,
         )
         start = time.perf_counter()
+        stop_at = start + duration_s
 
         async def sender() -> None:
             while (k := next(counter)) < total:
                 delay = start + k * interval - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                token = tokens[k % len(tokens)]
                 sent = time.perf_counter()
+                if sent >= stop_at:  # behind schedule: what is left stays unsent
+                    return
+                report.sent_requests += 1
                 try:
                     reply = await call(
                         requests[k % len(requests)],
-                        metadata=(("authorization", f"Bearer {token}"),),
+                        metadata=(("authorization", f"Bearer {tokens[k % len(tokens)]}"),),
                         timeout=timeout_s,
                     )
-                    report.accepted_events += reply.ingested_count
                 except grpc.aio.AioRpcError as e:
-                    report.rejected[e.code().name] += 1
-                report.latencies_s.append(time.perf_counter() - sent)
-                report.requests += 1
+                    code = e.code()
+                    (report.failed if code in FAILED_CODES else report.rejected)[code.name] += 1
+                except asyncio.CancelledError:
+                    report.failed[CUT_AT_STOP] += 1
+                    raise
+                else:
+                    report.accepted_requests += 1
+                    report.accepted_events += reply.ingested_count
+                    report.latencies_s.append(time.perf_counter() - sent)
                 bar.update(batch_size)
 
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        tasks = [asyncio.create_task(sender()) for _ in range(concurrency)]
+        _, pending = await asyncio.wait(tasks, timeout=stop_at + grace_s - time.perf_counter())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         report.elapsed_s = time.perf_counter() - start
     bar.close()
     return report
 
 
+def check_server(target: str, timeout_s: float = 5.0) -> None:
+    """Raise the ``grpc.RpcError`` of the health check when nothing answers at
+    ``target``: one clear error before building load, not a summary of
+    thousands of UNAVAILABLE calls."""
+    with grpc.insecure_channel(target) as channel:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+        )
+
+
+def print_report(report: LoadReport, out: TextIO | None = None) -> None:
+    out = out if out is not None else sys.stdout
+    print(report.table() if out.isatty() else report.summary(), file=out, flush=True)
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     secret = args.token_secret or settings.auth.jwt_secret
     if not secret:
-        raise SettingsError("HEATMAP_JWT_SECRET (or --token-secret): needed to mint device tokens")
+        raise SettingsError(
+            "--token-secret (or HEATMAP_JWT_SECRET): needed to mint device tokens; "
+            "the running heatmap dev keeps its secret in <data-dir>/dev-jwt-secret"
+        )
+    check_server(args.target)
     fleet = Fleet(FleetSpec(users=args.devices, seed=args.seed))
     distinct = max(1, min(400, int(args.rate * args.duration / args.batch_size)))
-    print(f"building {distinct} request templates of {args.batch_size} events...")
+    print(f"building {distinct} request templates of {args.batch_size} events...", file=sys.stderr)
     requests = DistinctRequests(build_requests(fleet, distinct, args.batch_size))
     tokens = [mint_token(secret, fleet.user_id(i), []) for i in range(args.devices)]
     report = asyncio.run(
@@ -183,7 +316,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             duration_s=args.duration,
             batch_size=args.batch_size,
             concurrency=args.concurrency,
+            timeout_s=args.timeout,
+            grace_s=args.grace,
         )
     )
-    print(report.summary())
+    print_report(report)
+    if report.rejected.get("UNAUTHENTICATED") == report.sent_requests and report.sent_requests:
+        print(
+            "the server rejected every token: pass --token-secret of the running heatmap dev "
+            "(its <data-dir>/dev-jwt-secret)",
+            file=sys.stderr,
+        )
     return 0 if report.accepted_events else 1

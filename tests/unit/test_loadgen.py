@@ -1,4 +1,4 @@
-"""``heatmap loadgen``'s requests: never the same bytes twice from one device.
+"""``heatmap loadgen``'s requests (never the same bytes twice from one device) and its summary.
 
 The gateway counts a request without ``batch_id`` whose events all carry a
 timestamp once per (user, request bytes) - its implicit idempotency key - so
@@ -8,10 +8,11 @@ and counted in part.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from heatmap_devtools.fleet import Fleet, FleetSpec
-from heatmap_devtools.loadgen import DistinctRequests, build_requests
+from heatmap_devtools.loadgen import CUT_AT_STOP, DistinctRequests, LoadReport, build_requests
 from ingest_gateway.columns import canonical
 from ingest_gateway.validation import implicit_batch_id, parse
 from schemas.heatmap.v1 import heatmap_pb2
@@ -62,3 +63,43 @@ def test_requests_take_the_gateways_fast_path_with_and_without_batch_id() -> Non
         for data in (plain, with_id):
             assert canonical(data, parse(data))
         assert parse(with_id).batch_id == "b"
+
+
+def test_the_summary_is_one_json_line_and_the_table_has_every_figure() -> None:
+    report = LoadReport(
+        batch_size=BATCH,
+        offered_requests=100,
+        sent_requests=60,
+        accepted_requests=50,
+        accepted_events=50 * BATCH,
+        rejected=Counter({"RESOURCE_EXHAUSTED": 4, "UNAUTHENTICATED": 1}),
+        failed=Counter({"UNAVAILABLE": 2, CUT_AT_STOP: 3}),
+        latencies_s=[0.010, 0.020, 0.030],
+        duration_s=2.0,
+        elapsed_s=2.5,
+    )
+    line = report.summary()
+    assert "\n" not in line
+    summary = json.loads(line)
+    assert summary["offered_events"] == 100 * BATCH
+    assert summary["sent_events"] == 60 * BATCH
+    assert summary["unsent_requests"] == 40
+    assert summary["accepted_events"] == 50 * BATCH
+    assert summary["accepted_events_per_s"] == 50 * BATCH / 2.5
+    assert summary["rejected"] == {"RESOURCE_EXHAUSTED": 4, "UNAUTHENTICATED": 1}
+    assert summary["failed"] == {CUT_AT_STOP: 3, "UNAVAILABLE": 2}
+    assert summary["latency_ms"]["p50"] == 20.0
+    table = report.table()
+    for figure in (
+        "offered",
+        "100",
+        "1,000",
+        "sent",
+        "60",
+        "accepted",
+        "50",
+        "RESOURCE_EXHAUSTED 4",
+    ):
+        assert figure in table
+    assert f"{CUT_AT_STOP} 3" in table
+    assert "--duration of 2 s" in table
