@@ -24,7 +24,7 @@ apt_install "${need_apt[@]}"
 hash=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f ".venv/.installed-dev-$hash" ]; then
   echo "== pip install -e '.[dev]'"
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --no-compile -e '.[dev]'
   find .venv -maxdepth 1 -name '.installed-*' ! -name ".installed-dev-$hash" -delete
   touch ".venv/.installed-dev-$hash"
 fi

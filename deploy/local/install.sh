@@ -27,7 +27,9 @@ hash=$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f ".venv/.installed-runtime-$hash" ] && [ ! -f ".venv/.installed-dev-$hash" ]; then
   echo "== pip install -e ."
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e .
+  # --no-compile: byte-compiling every file of every dependency was over
+  # half of pip's time here; imports write the .pyc files of what they use.
+  .venv/bin/python -m pip install -q --no-compile -e .
   find .venv -maxdepth 1 -name '.installed-*' ! -name "*-$hash" -delete
   touch ".venv/.installed-runtime-$hash"
 fi
