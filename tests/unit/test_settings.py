@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from heatmap.settings import Settings, SettingsError
+from heatmap.settings import _SECTIONS, Settings, SettingsError
 
 
 def test_defaults_parse_from_empty_environment() -> None:
@@ -163,7 +163,40 @@ BAD_VALUES = {
     "HEATMAP_RENDER_MAX_CONCURRENT": "0",
     "HEATMAP_LOG_LEVEL": "loud",
     "HEATMAP_LOG_FORMAT": "xml",
+    "HEATMAP_HTTP_PORT": "65536",
+    "HEATMAP_RETENTION_PER_USER_DAYS": "-1",
+    "HEATMAP_RETENTION_ALL_USERS_DAYS": "36501",
 }
+# Variables any text is good for (their rules with other variables are tested apart).
+FREE_TEXT = {
+    "HEATMAP_JWT_SECRET",
+    "HEATMAP_JWT_PUBLIC_KEY",
+    "HEATMAP_JWT_AUDIENCE",
+    "HEATMAP_JWT_ISSUER",
+    "HEATMAP_KAFKA_BOOTSTRAP",
+    "HEATMAP_KAFKA_TOPIC",
+    "HEATMAP_KAFKA_DLQ_TOPIC",
+    "HEATMAP_KAFKA_CONSUMER_GROUP",
+    "HEATMAP_KAFKA_SSL_KEY_PASSWORD",
+    "HEATMAP_KAFKA_SASL_USERNAME",
+    "HEATMAP_KAFKA_SASL_PASSWORD",
+    "HEATMAP_S3_ACCESS_KEY",
+    "HEATMAP_S3_SECRET_KEY",
+    "HEATMAP_S3_BUCKET",
+    "HEATMAP_S3_REGION",
+    "HEATMAP_GRPC_HOST",
+    "HEATMAP_SCREENSHOT_DIR",
+    "HEATMAP_DATA_DIR",
+}
+
+
+def test_every_variable_read_has_a_bad_value_here_or_takes_any_text() -> None:
+    read = {
+        str(f.validation_alias)
+        for section in _SECTIONS.values()
+        for f in section.model.model_fields.values()
+    }
+    assert read == BAD_VALUES.keys() | FREE_TEXT
 
 
 @pytest.mark.parametrize(("name", "value"), sorted(BAD_VALUES.items()))
