@@ -318,7 +318,8 @@ class Settings:
     log_level: Annotated[
         str, _choice("DEBUG", "INFO", "WARNING", "ERROR", fold=str.upper), Env("LOG_LEVEL")
     ] = "INFO"
-    log_format: Annotated[str, _choice("json", "text"), Env("LOG_FORMAT")] = "json"
+    # auto: readable lines on a terminal, JSON lines otherwise (heatmap/logs.py).
+    log_format: Annotated[str, _choice("auto", "json", "text"), Env("LOG_FORMAT")] = "auto"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
