@@ -13,6 +13,7 @@ import pytest
 from rich.logging import RichHandler
 
 from heatmap.logs import configure_logging, make_handler, resolve_format
+from heatmap.settings import Settings, SettingsError
 
 
 class Terminal(io.StringIO):
@@ -85,3 +86,10 @@ def test_text_off_a_terminal_is_one_plain_line_per_record() -> None:
     assert len(lines) == 1  # no wrapping at a guessed terminal width
     assert " INFO heatmap.test: " + "x" * 300 + " topic=touch" in lines[0]
     assert "\x1b[" not in lines[0]
+
+
+def test_the_setting_defaults_to_auto_and_names_the_variable_when_bad() -> None:
+    assert Settings.from_env({}).log_format == "auto"
+    assert Settings.from_env({"HEATMAP_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(SettingsError, match="HEATMAP_LOG_FORMAT"):
+        Settings.from_env({"HEATMAP_LOG_FORMAT": "yaml"})
