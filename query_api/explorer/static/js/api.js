@@ -1,6 +1,9 @@
 // The HeatmapService over Connect's unary JSON protocol: POST
 // /heatmap.v1.HeatmapService/<Method> with the request's proto3 JSON; the same
 // handlers answer gRPC clients, so the page has no query logic of its own.
+// QueryHeatmapData goes as application/proto (same endpoint, Connect's binary codec).
+
+import { decodeQueryReply, encodeQuery } from "./proto.js";
 
 const SERVICE = "heatmap.v1.HeatmapService";
 
@@ -33,36 +36,49 @@ export class RpcError extends Error {
   }
 }
 
-export async function call(method, request, token, signal) {
+async function post(method, body, contentType, token, signal) {
   let response;
   try {
     response = await fetch(`/${SERVICE}/${method}`, {
       method: "POST",
       headers: {
-        "Content-Type": "application/json",
+        "Content-Type": contentType,
         ...(token ? { Authorization: `Bearer ${token}` } : {}),
       },
-      body: JSON.stringify(request),
+      body,
       signal,
     });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new RpcError("unavailable", "The query service cannot be reached.", 0);
   }
+  if (response.ok) return response;
+  // Connect sends a unary error as JSON {code, message} whatever the request's codec.
   const text = await response.text();
-  let body = null;
+  let error = null;
   try {
-    body = text ? JSON.parse(text) : {};
+    error = JSON.parse(text);
   } catch {
-    body = null;
+    error = null;
   }
-  if (!response.ok) {
-    const code = body?.code ?? HTTP_CODES[response.status] ?? "unknown";
-    const message = body?.message ?? `HTTP ${response.status}`;
-    throw new RpcError(code, message, response.status);
+  const code = error?.code ?? HTTP_CODES[response.status] ?? "unknown";
+  throw new RpcError(code, error?.message ?? `HTTP ${response.status}`, response.status);
+}
+
+// A unary call in proto3 JSON.
+export async function call(method, request, token, signal) {
+  const response = await post(method, JSON.stringify(request), "application/json", token, signal);
+  try {
+    return await response.json();
+  } catch {
+    throw new RpcError("internal", "The reply was not JSON.", response.status);
   }
-  if (body === null) throw new RpcError("internal", "The reply was not JSON.", response.status);
-  return body;
+}
+
+// QueryHeatmapData in binary (js/proto.js says why); the reply shaped like its JSON.
+export async function queryHeatmap(request, token, signal) {
+  const response = await post("QueryHeatmapData", encodeQuery(request), "application/proto", token, signal);
+  return decodeQueryReply(new Uint8Array(await response.arrayBuffer()));
 }
 
 export function base64ToBytes(text) {

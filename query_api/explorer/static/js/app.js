@@ -2,7 +2,7 @@
 // Every figure on the page comes from the HeatmapService RPCs (js/api.js);
 // drawing follows the shared spec (js/draw.js).
 
-import { RpcError, base64ToBytes, call } from "./api.js";
+import { RpcError, base64ToBytes, call, queryHeatmap } from "./api.js";
 import {
   DEFAULT_ASPECT,
   VIRIDIS,
@@ -391,8 +391,8 @@ async function refresh() {
   try {
     await loadScreenshots(signal);
     const shot = chosenScreenshot();
-    const requests = [call("QueryHeatmapData", queryRequest(state, "A"), token, signal)];
-    if (state.cmp !== "off") requests.push(call("QueryHeatmapData", queryRequest(state, "B"), token, signal));
+    const requests = [queryHeatmap(queryRequest(state, "A"), token, signal)];
+    if (state.cmp !== "off") requests.push(queryHeatmap(queryRequest(state, "B"), token, signal));
     const [image, replyA, replyB] = await Promise.all([backdropImage(shot, signal), ...requests]);
     if (mine !== generation) return;
     let userReply = null;
@@ -404,7 +404,7 @@ async function refresh() {
         // A user outside the top N (e.g. from a link): ask for that user alone.
         const request = { ...queryRequest(state, "A"), mode: "ALL_USERS", userId: user };
         delete request.topUsers;
-        userReply = await call("QueryHeatmapData", request, token, signal);
+        userReply = await queryHeatmap(request, token, signal);
         if (mine !== generation) return;
       }
     }
@@ -437,7 +437,8 @@ function viewBox(count) {
   const narrow = total < 700;
   const perRow = narrow ? 1 : count;
   const maxWidth = Math.max(120, (total - gap * (perRow - 1)) / perRow - 2);
-  const maxHeight = narrow ? Infinity : Math.max(320, window.innerHeight - 170);
+  // Room under the view for its legend and the hover line.
+  const maxHeight = narrow ? Infinity : Math.max(320, window.innerHeight - 240);
   return { maxWidth: Math.min(maxWidth, 560), maxHeight };
 }
 
