@@ -9,6 +9,7 @@ every test land in ``test-artifacts/explorer/``.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from PIL import Image, ImageDraw
@@ -30,6 +32,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap_devtools.localinfra.dev_process import DevProcess
 from heatmap_devtools.localinfra.process import free_port
+from query_api.render import legend_box
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -445,6 +448,45 @@ def test_export_downloads_a_png_the_size_of_the_view(
         "() => [document.querySelector('#heat-a').width, document.querySelector('#heat-a').height]"
     )
     assert tuple(canvas) == (outcome["width"], outcome["height"])
+
+
+def test_exported_png_matches_the_page(
+    explorer: Explorer, open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    """RenderHeatmap draws as the page does: the same pixels but for the legend box."""
+    page = open_page(explorer.url())
+    outcome = settle(page)
+    shown: str = page.evaluate(
+        """() => {
+          const [back, heat] = document.querySelectorAll('#view-a canvas');
+          const c = document.createElement('canvas');
+          c.width = back.width;
+          c.height = back.height;
+          const ctx = c.getContext('2d');
+          ctx.drawImage(back, 0, 0);
+          ctx.drawImage(heat, 0, 0);
+          return c.toDataURL('image/png');
+        }"""
+    )
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export PNG").click()
+    saved = tmp_path / "export.png"
+    download.value.save_as(saved)
+    with Image.open(io.BytesIO(base64.b64decode(shown.split(",", 1)[1]))) as image:
+        on_page = np.asarray(image.convert("RGB"), dtype=np.int16)
+    with Image.open(saved) as image:
+        exported = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert exported.shape == on_page.shape == (outcome["height"], outcome["width"], 3)
+    keep = np.ones(on_page.shape[:2], dtype=bool)
+    legend = legend_box(outcome["width"], outcome["height"])
+    if legend is not None:
+        left, top, right, bottom = legend
+        keep[top : bottom + 1, left : right + 1] = False
+    diff = np.abs(on_page - exported).max(axis=2)[keep]
+    # Backdrop resampling differs (canvas vs Lanczos) by a few levels at edges;
+    # the heat layer itself is the same computation.
+    assert float(diff.mean()) < 1.0, f"mean {diff.mean():.2f}"
+    assert float(np.percentile(diff, 99.5)) < 24, f"p99.5 {np.percentile(diff, 99.5)}"
 
 
 def test_copied_link_restores_the_view_after_pasting_a_token(
