@@ -126,6 +126,7 @@ def test_published_ports_are_loopback_only() -> None:
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), (name, port)
     assert "127.0.0.1:50051:8080" in _services()["envoy"]["ports"]
+    assert "127.0.0.1:8080:8080" in _services()["envoy"]["ports"]  # the explorer, for browsers
 
 
 def test_images_are_pinned() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from heatmap.settings import Settings
 from schemas.heatmap.v1 import heatmap_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,9 +120,40 @@ def test_health_and_reflection_are_routed(path: str) -> None:
 
 def test_unknown_paths_are_not_routed() -> None:
     assert route_for("/other.v1.Service/Method") is None
-    assert route_for("/") is None
-    # gRPC routes demand a gRPC content-type: plain HTTP to a method path is a 404
-    assert route_for(f"/{SERVICE.full_name}/QueryHeatmapData", grpc=False) is None
+    assert route_for("/other.v1.Service/Method", grpc=False) is None
+    assert route_for("/metrics", grpc=False) is None
+    assert route_for("/explorerx", grpc=False) is None
+
+
+@pytest.mark.parametrize("method", [m.name for m in SERVICE.methods])
+def test_browser_calls_go_to_the_query_service_http_port(method: str) -> None:
+    # Connect RPC from the explorer: the method paths without a gRPC content
+    # type reach the query service's HTTP port (which answers 404 for the
+    # gateway's IngestTouchEvents itself); gRPC calls keep their routes.
+    assert route_for(f"/{SERVICE.full_name}/{method}", grpc=False) == "query-api-http"
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/explorer", "/explorer/", "/explorer/index.html", "/explorer/js/app.js"]
+)
+def test_the_explorer_page_is_routed(path: str) -> None:
+    assert route_for(path, grpc=False) == "query-api-http"
+    assert route_for(path) == "query-api-http"  # whatever the content type
+
+
+def test_the_explorer_cluster_is_the_query_service_http_port_checked_on_healthz() -> None:
+    cluster = _clusters()["query-api-http"]
+    assert cluster["type"] == "STRICT_DNS"
+    # HTTP/1.1 upstream (uvicorn), not the gRPC clusters' HTTP/2
+    assert "typed_extension_protocol_options" not in cluster
+    [check] = cluster["health_checks"]
+    assert check["http_health_check"]["path"] == "/healthz"
+    [group] = cluster["load_assignment"]["endpoints"]
+    [endpoint] = group["lb_endpoints"]
+    address = endpoint["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "query-api", "port_value": Settings().query.http_port}
+    [rpc] = [r for r in _routes() if r["name"] == "explorer-rpc"]
+    assert rpc["route"]["retry_policy"]["retry_on"] == "connect-failure"
 
 
 @pytest.mark.parametrize("name", ["gateway", "query-api"])

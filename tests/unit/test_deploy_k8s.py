@@ -146,7 +146,24 @@ def test_app_deployments_probe_grpc_health_and_bound_resources(name: str) -> Non
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 50051, "metrics": 9464}
+    # The query service also serves the explorer (HTTP) that Envoy routes to.
+    http = {"http": Settings().query.http_port} if name == "query-api" else {}
+    assert ports == {"grpc": 50051, "metrics": 9464, **http}
+
+
+def test_the_query_api_service_exposes_the_explorer_port_envoy_routes_to() -> None:
+    service = _by_kind("Service")["query-api"]
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports["http"] == (8080, "http")
+    envoy = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
+    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "query-api-http"]
+    [group] = cluster["load_assignment"]["endpoints"]
+    address = group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "query-api", "port_value": 8080}
+    public = _by_kind("Service")["heatmap"]
+    assert {"name": "http", "port": 80, "targetPort": "grpc", "appProtocol": "http"} in (
+        public["spec"]["ports"]
+    )
 
 
 def test_every_container_has_requests_and_limits() -> None:
