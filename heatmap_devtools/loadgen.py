@@ -134,7 +134,7 @@ class LoadReport:
         ]
         width = max(len(r[0]) for r in rows)
         lines = [f"{'':{width}}  {'requests':>10}  events / by status"]
-        lines += [f"{name:{width}}  {requests:>10}  {events}" for name, requests, events in rows]
+        lines += [f"{n:{width}}  {r:>10}  {e}".rstrip() for n, r, e in rows]
         lines.append(
             f"{self.elapsed_s:.1f} s for a --duration of {self.duration_s:g} s; "
             f"{d['accepted_events_per_s']:,.0f} events/s accepted; latency ms "
