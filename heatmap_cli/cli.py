@@ -265,8 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         if command not in ("render", "demo"):
             raise
-        where = f" {e.filename}" if e.filename else ""
-        return _fail(1, f"heatmap {command}: cannot write{where}: {e.strerror or e}")
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(1, f"heatmap {command}: {where}{e.strerror or e}")
     except KeyboardInterrupt:
         return _fail(130, f"heatmap {command}: interrupted")
 

@@ -18,7 +18,15 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from heatmap_devtools.loadgen import CUT_AT_STOP, INGEST, LoadReport, print_report, send_load
+from heatmap_devtools.loadgen import (
+    CUT_AT_STOP,
+    INGEST,
+    LoadReport,
+    check_server,
+    print_report,
+    send_load,
+)
+from heatmap_devtools.localinfra.process import free_port
 from schemas.heatmap.v1 import heatmap_pb2
 
 BATCH = 10
@@ -193,3 +201,18 @@ async def test_refusals_are_counted_by_status(
     assert summary["sent_events"] == seen.received * BATCH
     assert summary["accepted_events"] == BATCH * seen.answered
     assert summary["rejected"] == {"RESOURCE_EXHAUSTED": seen.refused}
+
+
+async def test_the_server_check_fails_only_when_nothing_is_there(
+    serve: Callable[[Behaviour, Seen], Awaitable[str]],
+) -> None:
+    async def instant(n: int, context: grpc.aio.ServicerContext) -> None:
+        return None
+
+    # This server has no health service (like a proxy that does not route it):
+    # UNIMPLEMENTED is an answer, so the run goes ahead.
+    target = await serve(instant, Seen())
+    await asyncio.to_thread(check_server, target)
+    with pytest.raises(grpc.RpcError) as error:
+        await asyncio.to_thread(check_server, f"127.0.0.1:{free_port()}")
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
