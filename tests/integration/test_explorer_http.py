@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import io
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,7 +60,7 @@ class Stack:
 
     async def connect_json(
         self, method: str, body: Any, auth: str | None = VIEW, **headers: str
-    ) -> tuple[int, Any, aiohttp.typedefs.LooseHeaders]:
+    ) -> tuple[int, Any, Any]:
         if auth is not None:
             headers["Authorization"] = auth
         async with self.http.post(
@@ -104,7 +105,8 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
             stop_signal=_waiter(stop),
         )
     )
-    done, _ = await asyncio.wait([task, ready], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    waiting: list[asyncio.Future[Any]] = [task, ready]
+    done, _ = await asyncio.wait(waiting, timeout=60, return_when=asyncio.FIRST_COMPLETED)
     if ready not in done:
         stop.set()
         await task
@@ -122,8 +124,9 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    assert http.bound_port  # stopped: the port is free again
-    with contextlib.closing(__import__("socket").socket()) as probe:
+    # Stopped with the server: the port is free again.
+    with contextlib.closing(socket.socket()) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", http.bound_port))
 
 
