@@ -149,6 +149,8 @@ function syncControls() {
   $("#bfrom").value = state.bfrom;
   $("#bto").value = state.bto;
   $("#bcampaign").value = state.bcampaign;
+  const backdrop = $("#backdrop");
+  if ([...backdrop.options].some((o) => o.value === state.shot)) backdrop.value = state.shot;
 }
 
 function update(changes, { screensToo = false } = {}) {
@@ -307,6 +309,7 @@ async function loadScreenshots(signal) {
   }
   if (screenshots.length) options.push(new Option("No backdrop", "none"));
   $("#backdrop").replaceChildren(...options);
+  syncControls();
 }
 
 function chosenScreenshot() {
