@@ -41,6 +41,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "explorer"
 GRID = 16
 SHOT_W, SHOT_H = 360, 780
+OLD_SHOT = (480, 640)
 # An hour boundary two days ago (UTC): inside the gateway's accepted event age.
 HOUR = (int(time.time()) - 2 * 86_400) // 3600 * 3600
 KINDS = {
@@ -111,13 +112,13 @@ def local(hour: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(HOUR + hour * 3600))
 
 
-def backdrop_png() -> bytes:
-    image = Image.new("RGB", (SHOT_W, SHOT_H), (240, 242, 246))
+def backdrop_png(width: int = SHOT_W, height: int = SHOT_H) -> bytes:
+    image = Image.new("RGB", (width, height), (240, 242, 246))
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, SHOT_W, 70), fill=(48, 63, 159))
     for row in range(5):
         top = 110 + row * 130
-        draw.rounded_rectangle((20, top, SHOT_W - 20, top + 100), 12, fill=(255, 255, 255))
+        draw.rounded_rectangle((20, top, width - 20, top + 100), 12, fill=(255, 255, 255))
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
@@ -184,13 +185,18 @@ def _send_table(dev: DevProcess, stub: heatmap_pb2_grpc.HeatmapServiceStub, scre
     manager = (
         ("authorization", "Bearer " + mint_token(dev.secret, "designer", [MANAGE_HEATMAPS])),
     )
-    png = backdrop_png()
-    stub.UploadScreenshot(
-        heatmap_pb2.UploadScreenshotRequest(
-            screen_name=screen, image_data=png, width=SHOT_W, height=SHOT_H
-        ),
-        metadata=manager,
-    )
+    # An older screenshot of another shape first; the newest is the default backdrop.
+    for width, height in (OLD_SHOT, (SHOT_W, SHOT_H)):
+        stub.UploadScreenshot(
+            heatmap_pb2.UploadScreenshotRequest(
+                screen_name=screen,
+                image_data=backdrop_png(width, height),
+                width=width,
+                height=height,
+            ),
+            metadata=manager,
+        )
+        time.sleep(1.1)  # distinct upload times
     viewer = (("authorization", "Bearer " + mint_token(dev.secret, "analyst", [VIEW_HEATMAPS])),)
     query = heatmap_pb2.QueryHeatmapDataRequest(screen_name=screen, grid_size=GRID)
     deadline = time.monotonic() + 60
@@ -315,6 +321,33 @@ def test_banner_url_signs_in_and_hottest_pixel_sits_over_hottest_cell(
     assert f"{hot_count} touches" in info
     assert share in info
     assert page.locator("#legend-a .hi").inner_text() == f"{hot_count} / cell"
+
+
+def test_backdrop_picker_newest_by_default_older_or_none(
+    explorer: Explorer, open_page: Callable[..., Page]
+) -> None:
+    page = open_page(explorer.url())
+    outcome = settle(page)
+    assert abs(outcome["height"] / outcome["width"] - SHOT_H / SHOT_W) < 2 / outcome["width"]
+    picker = page.get_by_label("Backdrop")
+    choices = picker.locator("option").all_inner_texts()
+    assert len(choices) == 4  # newest, the two screenshots (newest first), none
+    assert f"{SHOT_W}×{SHOT_H}" in choices[1]
+    assert f"{OLD_SHOT[0]}×{OLD_SHOT[1]}" in choices[2]
+    older = picker.locator("option").nth(2).get_attribute("value")
+    assert older
+    outcome = change(page, lambda: picker.select_option(older))
+    assert abs(outcome["height"] / outcome["width"] - OLD_SHOT[1] / OLD_SHOT[0]) < 2 / 300
+    assert outcome["totalA"] == expected()
+    outcome = change(page, lambda: picker.select_option("none"))
+    assert abs(outcome["height"] / outcome["width"] - 19.5 / 9) < 2 / 300
+    # The choice is part of the view's link.
+    page.get_by_role("button", name="Copy link").click()
+    assert "shot=none" in page.get_by_label("Link to this view").input_value()
+    page.goto(explorer.url(f"&shot={older}"))
+    outcome = settle(page)
+    assert picker.input_value() == older
+    assert abs(outcome["height"] / outcome["width"] - OLD_SHOT[1] / OLD_SHOT[0]) < 2 / 300
 
 
 def test_each_filter_changes_the_counts_exactly(
