@@ -23,6 +23,8 @@ class DevProcess:
 
     ``metrics=True`` leaves ``HEATMAP_METRICS_PORT`` unset: the instance picks
     a free port and prints it (``metrics_url``); otherwise metrics are off.
+    The explorer's HTTP port is off unless ``extra_env`` sets
+    ``HEATMAP_HTTP_PORT``: two instances must never both want 8080.
     """
 
     def __init__(
@@ -45,7 +47,11 @@ class DevProcess:
         return (self.data_dir / "dev-jwt-secret").read_text().strip()
 
     def start(self, timeout_s: float = 120.0) -> None:
-        defaults = {"HEATMAP_LOG_FORMAT": "text", "HEATMAP_FLUSH_INTERVAL_S": "0.3"}
+        defaults = {
+            "HEATMAP_LOG_FORMAT": "text",
+            "HEATMAP_FLUSH_INTERVAL_S": "0.3",
+            "HEATMAP_HTTP_PORT": "0",
+        }
         if not self.metrics:
             defaults["HEATMAP_METRICS_PORT"] = "0"
         env = service_env(**{**defaults, **self.extra_env})
