@@ -28,7 +28,9 @@ In its own process with its own temporary chDB path:
 
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
-p99 < 50 ms and >= 20x faster than the raw-table query.
+p99 < 50 ms and >= 20x faster than the raw-table query. ALL_USERS shapes are
+also timed on a second server whose service leaves out the unique users (the
+answer before they existed), in the same run, just before.
 """
 
 from __future__ import annotations
@@ -357,6 +359,21 @@ async def measure(
         serve(settings, [service], registry, on_ready=ready.set_result, stop_signal=stop_signal)
     )
     port = await asyncio.wait_for(ready, 60)
+    # The reference in the same run: the same service without unique users
+    # (today's ALL_USERS answer: one statement on the all-users table).
+    shots = FileScreenshotStore(tmp / "shots")
+    plain = QueryService(settings, CollectorRegistry(), client, shots, unique_users=False)
+    plain_ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    plain_server = asyncio.create_task(
+        serve(
+            settings,
+            [plain],
+            CollectorRegistry(),
+            on_ready=plain_ready.set_result,
+            stop_signal=stop_signal,
+        )
+    )
+    plain_port = await asyncio.wait_for(plain_ready, 60)
     metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
     results: dict[str, Any] = {}
     try:
@@ -371,6 +388,8 @@ async def measure(
                     raw_rows = client.query(shape.raw_sql, parameters=params).result_rows
                     assert reply.total_count == sum(r[-1] for r in raw_rows), shape.name
                     assert len(reply.data_points) == len(raw_rows), shape.name
+                    if request.mode != pb.PER_USER:
+                        assert reply.unique_users > 0, shape.name
                 turn = {"i": 0}
 
                 async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
@@ -384,12 +403,26 @@ async def measure(
                     plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
                     await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
 
+                async def users_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                    request = shape.requests[turn["i"] % len(shape.requests)]
+                    turn["i"] += 1
+                    plan = heatmap_query.plan_unique_users(heatmap_query.parse_request(request))
+                    await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
+
                 calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
+                all_users = shape.requests[0].mode != pb.PER_USER
+                without: dict[str, float] = {}
+                users_sql: dict[str, float] = {}
+                if all_users:  # the reference first, then the answer with unique users
+                    without = pct(await client_process(plain_port, shape, calls, tmp))
+                    users_sql = pct(await timed(users_sql_call, args.raw_calls))
                 cells = pct(await client_process(port, shape, calls, tmp))
                 cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
                 raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
                 results[shape.name] = {
                     "cells_grpc": cells,
+                    "cells_grpc_without_unique_users": without,
+                    "unique_users_sql": users_sql,
                     "cells_sql": cells_sql,
                     "raw_sql": raw,
                     "ratio_sql_p50": round(raw["p50_ms"] / cells_sql["p50_ms"], 1),
@@ -405,9 +438,17 @@ async def measure(
                     f"  points {len(reply.data_points)}",
                     flush=True,
                 )
+                if all_users:
+                    print(
+                        f"  {'':28s} without unique users: gRPC p50 {without['p50_ms']:8.2f} ms"
+                        f"  p99 {without['p99_ms']:8.2f} ms | unique-users SQL alone p50 "
+                        f"{users_sql['p50_ms']:7.2f} ms  p99 {users_sql['p99_ms']:7.2f} ms",
+                        flush=True,
+                    )
     finally:
         stop.set()
         await server
+        await plain_server
     return results
 
 

@@ -301,6 +301,10 @@ class QuerySettings:
     # The explorer (page + Connect RPC for browsers) on this port of the query
     # service, bound on HEATMAP_GRPC_HOST; 0 = off. `heatmap dev`: --http-port.
     http_port: Annotated[_Port, Env("HTTP_PORT")] = 8080
+    # k-anonymity (docs/privacy.md): ALL_USERS cells seen by fewer than this
+    # many distinct users are hidden (their touches in one suppressed total),
+    # and PER_USER needs VIEW_USER_HEATMAPS. 0 = off.
+    min_users_per_cell: Annotated[int, Ge(0), Le(1_000_000), Env("MIN_USERS_PER_CELL")] = 0
 
 
 @dataclass(frozen=True)

@@ -26,12 +26,13 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
-from heatmap.auth import current_principal
+from heatmap.auth import VIEW_USER_HEATMAPS, current_principal
 from heatmap.clickhouse import ClickHouseUnavailable, connect
 from heatmap.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -75,8 +76,12 @@ class QueryService:
         registry: CollectorRegistry,
         clickhouse_client: Client | None = None,
         screenshots: ScreenshotStore | None = None,
+        *,
+        unique_users: bool = True,
     ) -> None:
         self._settings = settings
+        # ALL_USERS answers carry distinct users per cell (off: the benchmark's reference).
+        self._unique_users = unique_users or settings.query.min_users_per_cell > 0
         self._metrics = QueryMetrics(registry)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
@@ -202,8 +207,23 @@ class QueryService:
             users = ranking.user_ids
             if not users:
                 return heatmap_query.build_response(spec, [], limit, ranking)
-        rows = await self._sql(heatmap_query.plan(spec, limit, users), context)
-        response = heatmap_query.build_response(spec, rows, limit, ranking)
+        k = self._settings.query.min_users_per_cell
+        if k and spec.per_user and VIEW_USER_HEATMAPS not in current_principal().permissions:
+            raise PermissionDenied(
+                f"PER_USER requires {VIEW_USER_HEATMAPS} while k-anonymity is on "
+                f"(HEATMAP_MIN_USERS_PER_CELL={k})"
+            )
+        unique = None
+        if spec.per_user or not self._unique_users:
+            rows = await self._sql(heatmap_query.plan(spec, limit, users), context)
+        else:
+            rows, unique = await asyncio.gather(
+                self._sql(heatmap_query.plan(spec, limit, users), context),
+                self._sql(heatmap_query.plan_unique_users(spec), context),
+            )
+        response = heatmap_query.build_response(
+            spec, rows, limit, ranking, unique, 0 if spec.per_user else k
+        )
         self._metrics.points.labels("per_user" if spec.per_user else "all_users").observe(
             len(response.data_points)
         )

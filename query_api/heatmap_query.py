@@ -271,11 +271,43 @@ def plan(spec: QuerySpec, max_per_user_points: int, users: Sequence[str] | None 
     return Plan(table=table, sql=sql, parameters=params, per_user=spec.per_user)
 
 
+# The key of the row that carries the distinct users over all cells.
+TOTAL_USERS_KEY = -1
+
+
+def plan_unique_users(spec: QuerySpec) -> Plan:
+    """ALL_USERS: distinct users per cell (key as in ``plan``) and in total (key -1).
+
+    Exact (``uniqExact`` of the user ids) from the per-user table, whose
+    erasure DELETE removes a user everywhere. The divisions are literals
+    spelled as in the projection of migration 011 (grid <= 64), so that a
+    whole-range query of a screen merges its per-cell states instead of
+    reading every per-user row.
+    """
+    where, params = _filters(spec)
+    g = spec.grid_size
+    if g <= 64:
+        gx = f"intDiv(intDiv(cell_x, 8), {64 // g})"
+        gy = f"intDiv(intDiv(cell_y, 8), {64 // g})"
+    else:
+        gx, gy = f"intDiv(cell_x, {512 // g})", f"intDiv(cell_y, {512 // g})"
+    condition = " AND ".join(where)
+    sql = (
+        f"SELECT toInt64({gy} * {g} + {gx}) AS k, uniqExact(user_id) AS u "
+        f"FROM touch_cells_by_user WHERE {condition} GROUP BY k "
+        f"UNION ALL SELECT toInt64({TOTAL_USERS_KEY}), uniqExact(user_id) "
+        f"FROM touch_cells_by_user WHERE {condition}"
+    )
+    return Plan(table="touch_cells_by_user", sql=sql, parameters=params, per_user=False)
+
+
 def build_response(
     spec: QuerySpec,
     columns: Sequence[Sequence[Any]],
     max_per_user_points: int,
     ranking: UserRanking | None = None,
+    unique_users: Sequence[Sequence[Any]] | None = None,
+    min_users: int = 0,
 ) -> heatmap_pb2.QueryHeatmapDataResponse:
     """The response for the rows of ``plan(spec)`` (given column-wise).
 
@@ -291,11 +323,25 @@ def build_response(
         return response
     if not spec.per_user:
         keys, counts = columns
-        blob, total = encode_cells(
-            g, np.asarray(keys, dtype=np.int64), np.asarray(counts, dtype=np.uint64)
-        )
+        key_array = np.asarray(keys, dtype=np.int64)
+        count_array = np.asarray(counts, dtype=np.uint64)
+        per_cell = None
+        if unique_users is not None:
+            per_cell, response.unique_users = users_per_key(key_array, unique_users)
+        total_count = int(count_array[count_array > 0].sum())
+        if min_users > 0:
+            if per_cell is None:
+                raise ValueError("k-anonymity needs the unique users of the cells")
+            # k-anonymity: cells seen by fewer than k users are left out, their
+            # touches reported as one total, so that total_count stays the sum.
+            hidden = (per_cell < min_users) & (count_array > 0)
+            response.suppressed_count = int(count_array[hidden].sum())
+            response.suppressed_cells = int(hidden.sum())
+            keep = ~hidden
+            key_array, count_array, per_cell = key_array[keep], count_array[keep], per_cell[keep]
+        blob, _ = encode_cells(g, key_array, count_array, per_cell)
         response.MergeFromString(blob)
-        response.total_count = total
+        response.total_count = total_count
         return response
     users, gxs, gys, counts = columns
     if len(counts) > max_per_user_points:
@@ -340,8 +386,52 @@ _POINT_FIXED = 13  # bytes before the varint
 _MAX_VARINT = 10
 
 
+def users_per_key(
+    keys: npt.NDArray[np.int64], rows: Sequence[Sequence[Any]]
+) -> tuple[npt.NDArray[np.uint64], int]:
+    """The ``plan_unique_users`` rows (column-wise) aligned with ``keys``, and the total."""
+    user_keys = np.asarray(rows[0] if rows else [], dtype=np.int64)
+    user_counts = np.asarray(rows[1] if rows else [], dtype=np.uint64)
+    is_total = user_keys == TOTAL_USERS_KEY
+    total = int(user_counts[is_total].sum())
+    user_keys, user_counts = user_keys[~is_total], user_counts[~is_total]
+    order = np.argsort(user_keys)
+    user_keys, user_counts = user_keys[order], user_counts[order]
+    out = np.zeros(keys.shape[0], dtype=np.uint64)
+    if user_keys.shape[0]:
+        at = np.minimum(np.searchsorted(user_keys, keys), user_keys.shape[0] - 1)
+        found = user_keys[at] == keys
+        out[found] = user_counts[at[found]]
+    return out, total
+
+
+def _varints(values: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Each value as a protobuf varint: (n, 10) bytes and the length used of each row."""
+    n = values.shape[0]
+    bits = np.zeros(n, dtype=np.int64)
+    rest = values.copy()
+    for _ in range(_MAX_VARINT):
+        rest >>= np.uint64(7)
+        bits += (rest > 0).astype(np.int64)
+    lengths = bits + 1
+    out = np.zeros((n, _MAX_VARINT), dtype=np.uint8)
+    value = values.copy()
+    for i in range(_MAX_VARINT):
+        more = (i + 1 < lengths).astype(np.uint8) << 7
+        out[:, i] = (value & np.uint64(0x7F)).astype(np.uint8) | more
+        value >>= np.uint64(7)
+    return out, lengths
+
+
+# `int64 unique_users = 40` of HeatmapDataPoint: tag (40 << 3 | 0) as a varint.
+_USERS_TAG = bytes([0xC0, 0x02])
+
+
 def encode_cells(
-    grid: int, keys: npt.NDArray[np.int64], counts: npt.NDArray[np.uint64]
+    grid: int,
+    keys: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.uint64],
+    users: npt.NDArray[np.uint64] | None = None,
 ) -> tuple[bytes, int]:
     """ALL_USERS data points as serialized protobuf (field 1 of the response), and the total.
 
@@ -357,6 +447,8 @@ def encode_cells(
     n = keys.shape[0]
     if n == 0:
         return b"", 0
+    if users is not None:
+        return _encode_with_users(grid, keys, counts, users[keep][order]), int(counts.sum())
     xs = ((keys % grid).astype(np.float64) + 0.5) / grid
     ys = ((keys // grid).astype(np.float64) + 0.5) / grid
     bits = np.zeros(n, dtype=np.int64)
@@ -380,3 +472,40 @@ def encode_cells(
         value >>= np.uint64(7)
     mask = np.arange(_POINT_FIXED + _MAX_VARINT)[None, :] < (_POINT_FIXED + varint_len)[:, None]
     return rows[mask].tobytes(), int(counts.sum())
+
+
+def _encode_with_users(
+    grid: int,
+    keys: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.uint64],
+    users: npt.NDArray[np.uint64],
+) -> bytes:
+    """``encode_cells`` with field 40 (unique_users) after the count of each point."""
+    n = keys.shape[0]
+    xs = ((keys % grid).astype(np.float64) + 0.5) / grid
+    ys = ((keys // grid).astype(np.float64) + 0.5) / grid
+    count_bytes, count_len = _varints(counts)
+    user_bytes, user_len = _varints(users)
+    width = _POINT_FIXED + 2 * _MAX_VARINT + len(_USERS_TAG)
+    rows = np.zeros((n, width), dtype=np.uint8)
+    rows[:, 0] = 0x0A
+    # 11 fixed bytes after the length, both varints and the tag: at most 33 (one byte).
+    rows[:, 1] = (11 + count_len + len(_USERS_TAG) + user_len).astype(np.uint8)
+    rows[:, 2] = 0x0D
+    rows[:, 3:7] = xs.astype("<f4").view(np.uint8).reshape(n, 4)
+    rows[:, 7] = 0x15
+    rows[:, 8:12] = ys.astype("<f4").view(np.uint8).reshape(n, 4)
+    rows[:, 12] = 0x18
+    c0, t0 = _POINT_FIXED, _POINT_FIXED + _MAX_VARINT
+    u0 = t0 + len(_USERS_TAG)
+    rows[:, c0:t0] = count_bytes
+    rows[:, t0:u0] = np.frombuffer(_USERS_TAG, dtype=np.uint8)
+    rows[:, u0:] = user_bytes
+    col = np.arange(width)[None, :]
+    mask = (
+        (col < c0)
+        | ((col >= c0) & (col < c0 + count_len[:, None]))
+        | ((col >= t0) & (col < u0))
+        | ((col >= u0) & (col < u0 + user_len[:, None]))
+    )
+    return rows[mask].tobytes()

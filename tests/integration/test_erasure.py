@@ -20,7 +20,9 @@ from clickhouse_connect.driver.client import Client
 from heatmap.clickhouse import connect
 from heatmap.settings import Settings
 from heatmap_devtools.fleet import FleetSpec
+from query_api import heatmap_query
 from query_api.erasure import Erasures, kafka_committed
+from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.touch_batch import TouchBatch
 from stream_workers.app import Worker
 from tests.worker_support import (
@@ -90,6 +92,29 @@ def assert_projections_exact(client: Client, batches: Sequence[TouchBatch]) -> N
         assert got == expected, table
 
 
+def assert_unique_users_exact(client: Client, batches: Sequence[TouchBatch]) -> None:
+    """Distinct users per 64-grid cell of each screen (the projection of 011) and in total."""
+    expected: dict[str, dict[int, set[str]]] = {}
+    for b in batches:
+        screens = [b.screen_dict[i] for i in b.screen_index]
+        cx = (b.x * 512).astype(int).clip(0, 511) >> 3
+        cy = (b.y * 512).astype(int).clip(0, 511) >> 3
+        for s, x, y in zip(screens, cx, cy, strict=True):
+            expected.setdefault(s, {}).setdefault(int(y) * 64 + int(x), set()).add(b.user_id)
+    for screen, cells in expected.items():
+        spec = heatmap_query.parse_request(
+            pb.QueryHeatmapDataRequest(screen_name=screen, grid_size=64)
+        )
+        plan = heatmap_query.plan_unique_users(spec)
+        rows = client.query(
+            plan.sql, parameters=plan.parameters, settings={"force_optimize_projection": 1}
+        ).result_rows
+        got = {int(k): int(u) for k, u in rows}
+        total = got.pop(heatmap_query.TOTAL_USERS_KEY)
+        assert got == {k: len(u) for k, u in cells.items()}, screen
+        assert total == len(set().union(*cells.values())), screen
+
+
 async def test_erasure_is_exact_while_ingesting_and_later_events_are_not_counted(
     settings: Settings, client: Client, admin: Client, started: list[Worker]
 ) -> None:
@@ -123,6 +148,7 @@ async def test_erasure_is_exact_while_ingesting_and_later_events_are_not_counted
     await wait_all_committed(settings)
     assert_exact(client, others)
     assert_projections_exact(client, others)
+    assert_unique_users_exact(client, others)
     per_user = client.query(
         "SELECT count() FROM touch_cells_by_user WHERE user_id = {u:String}",
         parameters={"u": victim},

@@ -39,7 +39,10 @@ def test_contract_methods_are_the_six() -> None:
 
 def test_migrations_are_numbered_and_split() -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    versions = [m.version for m in migrations]
+    # Unique and in order; ranges are handed out per piece of work (010-019:
+    # privacy), so a number may be skipped.
+    assert versions == sorted(set(versions)) and versions[0] == 1
     for migration in migrations:
         assert migration.statements
         assert all(s.upper().startswith(("CREATE", "ALTER")) for s in migration.statements)
