@@ -216,10 +216,14 @@ async def send_load(
     progress: bool | None = None,
     timeout_s: float = 10.0,
     grace_s: float = DEFAULT_GRACE_S,
+    stop_after_s: float | None = None,
 ) -> LoadReport:
     """Offer ``rate`` events/s for ``duration_s`` of wall clock, then stop.
 
-    Returns by ``duration_s + grace_s`` (plus the channel's close) however
+    ``stop_after_s`` (default ``duration_s``) moves the wall-clock stop later:
+    the demo offers a fixed data set and wants all of it sent, even by a
+    machine too slow for the rate. Returns by the stop + ``grace_s`` (plus
+    the channel's close) however
     slow the server is: calls open at the end of the grace are cancelled and
     counted as failed ``CANCELLED_AT_STOP``. ``progress=None``: a bar only
     when stderr is a terminal.
@@ -240,7 +244,7 @@ async def send_load(
             response_deserializer=heatmap_pb2.IngestTouchEventsResponse.FromString,
         )
         start = time.perf_counter()
-        stop_at = start + duration_s
+        stop_at = start + (duration_s if stop_after_s is None else max(duration_s, stop_after_s))
 
         async def sender() -> None:
             while (k := next(counter)) < total:

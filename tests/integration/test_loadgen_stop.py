@@ -104,6 +104,7 @@ async def _load(target: str, *, duration_s: float, grace_s: float, **kw: float) 
         progress=False,
         timeout_s=kw.get("timeout_s", 30.0),
         grace_s=grace_s,
+        stop_after_s=kw.get("stop_after_s"),
     )
 
 
@@ -164,6 +165,26 @@ async def test_a_slow_server_gets_what_it_can_take_and_the_counts_match_it(
     assert sum(report.failed.values()) == seen.received - seen.answered
     assert set(report.failed) <= {CUT_AT_STOP}
     assert report.unsent_requests == report.offered_requests - seen.received > 250
+
+
+async def test_a_later_stop_lets_a_slow_server_take_the_whole_data_set(
+    serve: Callable[[Behaviour, Seen], Awaitable[str]],
+) -> None:
+    """The demo's case: a fixed data set, a machine slower than the rate."""
+    seen = Seen()
+
+    async def slow(n: int, context: grpc.aio.ServicerContext) -> None:
+        await asyncio.sleep(0.05)
+
+    target = await serve(slow, seen)
+    # 40 requests offered in 0.2 s; 4 senders at 0.05 s a call need ~0.5 s.
+    report = await _load(target, duration_s=0.2, grace_s=0.2, concurrency=4, stop_after_s=10.0)
+    _balanced(report)
+    assert report.offered_requests == 40
+    assert report.sent_requests == report.accepted_requests == seen.answered == 40
+    assert report.unsent_requests == 0 and not report.failed
+    short = await _load(target, duration_s=0.2, grace_s=0.2, concurrency=4)
+    assert short.sent_requests < 40  # without it the same load is cut at 0.2 s
 
 
 async def test_refusals_are_counted_by_status(
