@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import mint_token
 from heatmap.settings import KafkaSettings, Settings
-from heatmap_devtools.fleet import Fleet
+from heatmap_devtools.fleet import FLEET_KINDS, Fleet, FleetSpec
 from heatmap_devtools.localinfra.process import free_port, service_env
 from schemas.api import method_path
 from schemas.heatmap.v1 import heatmap_pb2
@@ -63,9 +63,9 @@ DEVICES = 64
 # ---------------------------------------------------------------- requests
 
 
-def build_requests(count: int, seed: int) -> list[bytes]:
+def build_requests(count: int, seed: int, kind: str = "synthetic") -> list[bytes]:
     """``count`` distinct 500-event requests (every event timestamped), serialized."""
-    fleet = Fleet()
+    fleet = Fleet(FleetSpec(kind=kind, batch_events=EVENTS_PER_REQUEST))
     fleet._rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -88,7 +88,7 @@ def build_requests(count: int, seed: int) -> list[bytes]:
 
 
 async def _client(args: argparse.Namespace) -> dict[str, object]:
-    requests = build_requests(16, seed=args.seed)
+    requests = build_requests(16, seed=args.seed, kind=args.fleet)
     tokens = [
         (("authorization", f"Bearer {mint_token(SECRET, f'bench-device-{i:03d}', [])}"),)
         for i in range(DEVICES)
@@ -276,6 +276,7 @@ def _drive(
     duration: float,
     rate: float,
     watch: dict[str, int],
+    fleet: str = "synthetic",
 ) -> Run:
     cpu_before = {name: _cpu_seconds(pid) for name, pid in watch.items()}
     wall = time.perf_counter()
@@ -296,6 +297,8 @@ def _drive(
                 str(rate / clients if rate > 0 else 0),
                 "--seed",
                 str(100 + i),
+                "--fleet",
+                fleet,
             ],
             stdout=subprocess.PIPE,
         )
@@ -381,17 +384,17 @@ def _main(args: argparse.Namespace) -> int:
                 # comes out of the gateway's share (its rate rose from 0.42
                 # to 0.49 M events/s over those 30 s), so a short warm-up
                 # measures the JVM, not the gateway.
-                _drive(gateway.target, args.clients, args.concurrency, args.warmup, 0, {})
-                _drive(trivial.target, args.clients, args.concurrency, min(args.warmup, 4), 0, {})
+                _drive(gateway.target, *load[:2], args.warmup, 0, {}, args.fleet)
+                _drive(trivial.target, *load[:2], min(args.warmup, 4), 0, {}, args.fleet)
             rows = []
             for r in range(args.repeats):
-                ceiling = _drive(trivial.target, *load, 0, watch)
-                peak = _drive(gateway.target, *load, 0, watch)
+                ceiling = _drive(trivial.target, *load, 0, watch, args.fleet)
+                peak = _drive(gateway.target, *load, 0, watch, args.fleet)
                 half_rate = peak.events_per_s / 2 / EVENTS_PER_REQUEST
-                half = _drive(gateway.target, *load, half_rate, watch)
+                half = _drive(gateway.target, *load, half_rate, watch, args.fleet)
                 # The same offered rate on the ceiling server: the latency floor
                 # of this machine right now (clients, grpc, scheduler).
-                floor = _drive(trivial.target, *load, half_rate, watch)
+                floor = _drive(trivial.target, *load, half_rate, watch, args.fleet)
                 row = {
                     "repeat": r + 1,
                     "ceiling_events_per_s": ceiling.events_per_s,
@@ -437,6 +440,7 @@ def _main(args: argparse.Namespace) -> int:
         "floor_p50_ms": median("floor_p50_ms"),
         "floor_p99_ms": median("floor_p99_ms"),
         "repeats": args.repeats,
+        "fleet": args.fleet,
         "duration_s": args.duration,
         "clients": args.clients,
         "concurrency": args.concurrency,
@@ -464,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client.add_argument("--duration", type=float, default=8.0)
     client.add_argument("--rate", type=float, default=0.0, help="requests/s; 0: closed loop")
     client.add_argument("--seed", type=int, default=100)
+    client.add_argument("--fleet", choices=FLEET_KINDS, default="synthetic")
     sub.add_parser("trivial", help="(internal) the ceiling server, configured by HEATMAP_*")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
@@ -472,6 +477,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--concurrency", type=int, default=32, help="calls in flight per client")
+    parser.add_argument(
+        "--fleet", choices=FLEET_KINDS, default="synthetic", help="workload (docs/fleets.md)"
+    )
     args = parser.parse_args(argv)
     if args.role == "client":
         print(json.dumps(asyncio.run(_client(args))))

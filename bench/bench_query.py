@@ -1,11 +1,13 @@
 """QueryHeatmapData latency on pre-aggregated cells vs the same question on raw events.
 
     python -m bench.bench_query [--events 50000000] [--calls 100] [--raw-calls 30]
+                                [--fleet synthetic|realistic]
 
 In its own process with its own temporary chDB path:
 
-1. The synthetic fleet (``heatmap_devtools.fleet``: Zipf screens, clustered touches,
-   a day with a day/night cycle, 100k devices) generates ``--events`` events
+1. The ``--fleet`` (``heatmap_devtools.fleet``, docs/fleets.md: ``synthetic``, Zipf
+   screens, clustered touches, a day with a day/night cycle, 100k devices; or
+   ``realistic``, power-law users in sessions of 500 events) generates ``--events`` events
    in numpy chunks of 2M, loaded as Arrow into ``raw_touch_events``: one row
    per event, the way PostHog stores heatmaps (its ``sharded_heatmaps`` is
    ORDER BY (type, team_id, toDate(timestamp), current_url, ...); here
@@ -59,7 +61,7 @@ from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
 from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
-from heatmap_devtools.fleet import Fleet, FleetSpec
+from heatmap_devtools.fleet import FLEET_KINDS, Fleet, FleetSpec
 from query_api import heatmap_query
 from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore
@@ -460,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--raw-calls", type=int, default=30)
     parser.add_argument(
+        "--fleet", choices=FLEET_KINDS, default="synthetic", help="workload (docs/fleets.md)"
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         default=None,
@@ -470,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.client:
         return run_client(args.client, args.requests, args.calls)
-    spec = FleetSpec()
+    spec = FleetSpec(kind=args.fleet)
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_dir:
         tmp = Path(tmp_dir)
         chdb_dir = args.keep or tmp / "chdb"
@@ -510,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "load_average": os.getloadavg(),
                 "events": args.events,
+                "fleet": args.fleet,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,
                 "shapes": results,

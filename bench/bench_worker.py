@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.clickhouse import connect, migrate
 from heatmap.settings import ClickHouseSettings, KafkaSettings, Settings
-from heatmap_devtools.fleet import FleetSpec
+from heatmap_devtools.fleet import FLEET_KINDS, FleetSpec
 from schemas.touch_batch import encode_batch
 from stream_workers.aggregator import TABLE_NAMES
 from stream_workers.app import Worker
@@ -72,7 +72,7 @@ def broker() -> Iterator[str]:
             kafka.stop()
 
 
-def fill(bootstrap: str, topic: str, partitions: int, events: int) -> int:
+def fill(bootstrap: str, topic: str, partitions: int, events: int, fleet: str) -> int:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for f in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
         f.result(30)
@@ -83,7 +83,7 @@ def fill(bootstrap: str, topic: str, partitions: int, events: int) -> int:
         batches = fleet_batches(
             min(chunk, n_batches - start),
             BATCH,
-            spec=replace(FleetSpec(), seed=7 + start),
+            spec=replace(FleetSpec(kind=fleet), seed=7 + start),
         )
         batches = [replace(b, batch_id=f"{start}-{b.batch_id}") for b in batches]
         produce(bootstrap, topic, [(b.user_id, encode_batch(b)) for b in batches])
@@ -203,13 +203,16 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=3_000_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fleet", choices=FLEET_KINDS, default="synthetic", help="workload (docs/fleets.md)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-chdb-") as chdb_dir:
         topic = "bench-" + uuid.uuid4().hex[:8]
         t = time.perf_counter()
-        events = fill(bootstrap, topic, args.partitions, args.events)
+        events = fill(bootstrap, topic, args.partitions, args.events, args.fleet)
         logger.info("filled %s with %d events in %.1fs", topic, events, time.perf_counter() - t)
         ends = end_offsets(bootstrap, topic, args.partitions)
         settings = replace(
@@ -240,6 +243,7 @@ def main() -> int:
         tables = runs[-1]["tables"]
         report = {
             "events": events,
+            "fleet": args.fleet,
             "partitions": args.partitions,
             "repeats": args.repeats,
             "raw_consume_events_per_s": round(raw_rate),
