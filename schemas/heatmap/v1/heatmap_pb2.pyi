@@ -204,6 +204,7 @@ class QueryHeatmapDataRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     GRID_SIZE_FIELD_NUMBER: _builtins.int
     TOP_USERS_FIELD_NUMBER: _builtins.int
+    UNIQUE_USERS_FIELD_NUMBER: _builtins.int
     screen_name: _builtins.str
     """required"""
     campaign_id: _builtins.str
@@ -223,6 +224,13 @@ class QueryHeatmapDataRequest(_message.Message):
     the response's total_users and total_touches then tell how many users
     and touches the filters matched before the cut. RESOURCE_EXHAUSTED only
     if even those N users' points exceed the limit.
+    """
+    unique_users: _builtins.bool
+    """ALL_USERS only: also count the distinct users per cell and in total
+    (HeatmapDataPoint.unique_users, QueryHeatmapDataResponse.unique_users).
+    Exact, read from the per-user rows of the screen under the filters, so
+    it costs time in proportion to them (docs/privacy.md, "Unique users").
+    Always on while k-anonymity is (HEATMAP_MIN_USERS_PER_CELL).
     """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[Global___TouchEventType.ValueType]:
@@ -251,10 +259,11 @@ class QueryHeatmapDataRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         grid_size: _builtins.int = ...,
         top_users: _builtins.int = ...,
+        unique_users: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_time", b"end_time", "event_types", b"event_types", "grid_size", b"grid_size", "mode", b"mode", "screen_name", b"screen_name", "start_time", b"start_time", "top_users", b"top_users", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "end_time", b"end_time", "event_types", b"event_types", "grid_size", b"grid_size", "mode", b"mode", "screen_name", b"screen_name", "start_time", b"start_time", "top_users", b"top_users", "unique_users", b"unique_users", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,8 +287,8 @@ class HeatmapDataPoint(_message.Message):
     user_id: _builtins.str
     """PER_USER mode only: whose cell this is"""
     unique_users: _builtins.int
-    """ALL_USERS mode: distinct users with touches in the cell under the
-    filters (exact).
+    """ALL_USERS mode with unique_users requested: distinct users with touches
+    in the cell under the filters (exact).
     """
     def __init__(
         self,
@@ -345,8 +354,8 @@ class QueryHeatmapDataResponse(_message.Message):
     """
     total_touches: _builtins.int
     unique_users: _builtins.int
-    """ALL_USERS mode: distinct users with touches under the filters, over all
-    cells (exact; not the sum of the cells' unique_users).
+    """ALL_USERS mode with unique_users requested: distinct users with touches
+    under the filters, over all cells (exact; not the sum of the cells').
     """
     suppressed_count: _builtins.int
     """ALL_USERS mode with k-anonymity on (HEATMAP_MIN_USERS_PER_CELL = k):
