@@ -421,6 +421,7 @@ class Processor:
             await self._insert(block, owner)
         if blocks:
             await self._check_owner(chunk.partitions, owner)
+        for block in blocks:
             for partition, offset in block.markers.items():
                 key = (block.table, partition, block.month)
                 self.watermarks[key] = max(self.watermarks.get(key, -1), offset)

@@ -139,6 +139,24 @@ async def test_chunks_ledger_first_then_one_insert_per_table() -> None:
     assert [b.markers for b in store.blocks[:3]] == [{0: 1}] * 3
 
 
+async def test_cells_flushed_and_watermarks_count_every_block_of_a_chunk() -> None:
+    # Was: only the last block of a chunk (touch_cells_64) was counted and marked.
+    store = MemoryStore()
+    registry = CollectorRegistry()
+    p, _ = processor(store)
+    p.metrics = WorkerMetrics(registry)
+    await p.process(raw(fleet_batches(4, 500)))
+    flushed = {
+        s.labels["table"]: s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "heatmap_worker_cells_flushed_total"
+    }
+    assert flushed == {t: sum(b.rows for b in store.blocks if b.table == t) for t in TABLE_NAMES}
+    assert all(flushed[t] > 0 for t in TABLE_NAMES)
+    assert {(t, 0) for t, _, _ in p.watermarks} == {(t, 0) for t in TABLE_NAMES}
+
+
 async def test_failed_inserts_are_retried_and_a_lost_reply_is_not_inserted_twice() -> None:
     store = MemoryStore()
     p, _ = processor(store)
