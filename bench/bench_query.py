@@ -31,8 +31,9 @@ In its own process with its own temporary chDB path:
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
 p99 < 50 ms and >= 20x faster than the raw-table query. ALL_USERS shapes are
-also timed on a second server whose service leaves out the unique users (the
-answer before they existed), in the same run, just before.
+timed again, right after, with the same requests asking for unique users
+(``unique_users``; ``--unique-users-calls`` of them), beside the unique-users
+statement alone in SQL.
 """
 
 from __future__ import annotations
@@ -361,21 +362,6 @@ async def measure(
         serve(settings, [service], registry, on_ready=ready.set_result, stop_signal=stop_signal)
     )
     port = await asyncio.wait_for(ready, 60)
-    # The reference in the same run: the same service without unique users
-    # (today's ALL_USERS answer: one statement on the all-users table).
-    shots = FileScreenshotStore(tmp / "shots")
-    plain = QueryService(settings, CollectorRegistry(), client, shots, unique_users=False)
-    plain_ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    plain_server = asyncio.create_task(
-        serve(
-            settings,
-            [plain],
-            CollectorRegistry(),
-            on_ready=plain_ready.set_result,
-            stop_signal=stop_signal,
-        )
-    )
-    plain_port = await asyncio.wait_for(plain_ready, 60)
     metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
     results: dict[str, Any] = {}
     try:
@@ -390,8 +376,6 @@ async def measure(
                     raw_rows = client.query(shape.raw_sql, parameters=params).result_rows
                     assert reply.total_count == sum(r[-1] for r in raw_rows), shape.name
                     assert len(reply.data_points) == len(raw_rows), shape.name
-                    if request.mode != pb.PER_USER:
-                        assert reply.unique_users > 0, shape.name
                 turn = {"i": 0}
 
                 async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
@@ -412,18 +396,28 @@ async def measure(
                     await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
 
                 calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
+                users_calls = args.unique_users_calls or calls
                 all_users = shape.requests[0].mode != pb.PER_USER
-                without: dict[str, float] = {}
+                with_users: dict[str, float] = {}
                 users_sql: dict[str, float] = {}
-                if all_users:  # the reference first, then the answer with unique users
-                    without = pct(await client_process(plain_port, shape, calls, tmp))
-                    users_sql = pct(await timed(users_sql_call, args.raw_calls))
                 cells = pct(await client_process(port, shape, calls, tmp))
+                if all_users:  # the same requests asking for unique users, right after
+                    asking = []
+                    for request in shape.requests:
+                        copy = pb.QueryHeatmapDataRequest()
+                        copy.CopyFrom(request)
+                        copy.unique_users = True
+                        asking.append(copy)
+                    asked = replace(shape, name=shape.name + "_unique_users", requests=asking)
+                    answer = await stub.QueryHeatmapData(asking[0], metadata=metadata, timeout=600)
+                    assert answer.unique_users > 0, shape.name
+                    with_users = pct(await client_process(port, asked, users_calls, tmp))
+                    users_sql = pct(await timed(users_sql_call, min(args.raw_calls, users_calls)))
                 cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
                 raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
                 results[shape.name] = {
                     "cells_grpc": cells,
-                    "cells_grpc_without_unique_users": without,
+                    "cells_grpc_with_unique_users": with_users,
                     "unique_users_sql": users_sql,
                     "cells_sql": cells_sql,
                     "raw_sql": raw,
@@ -442,15 +436,14 @@ async def measure(
                 )
                 if all_users:
                     print(
-                        f"  {'':28s} without unique users: gRPC p50 {without['p50_ms']:8.2f} ms"
-                        f"  p99 {without['p99_ms']:8.2f} ms | unique-users SQL alone p50 "
+                        f"  {'':28s} with unique users: gRPC p50 {with_users['p50_ms']:8.2f} ms"
+                        f"  p99 {with_users['p99_ms']:8.2f} ms | unique-users SQL alone p50 "
                         f"{users_sql['p50_ms']:7.2f} ms  p99 {users_sql['p99_ms']:7.2f} ms",
                         flush=True,
                     )
     finally:
         stop.set()
         await server
-        await plain_server
     return results
 
 
@@ -461,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000_000)
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--raw-calls", type=int, default=30)
+    parser.add_argument(
+        "--unique-users-calls",
+        type=int,
+        default=0,
+        help="calls per shape asking for unique users (default: as --calls; they are slow)",
+    )
     parser.add_argument(
         "--fleet", choices=FLEET_KINDS, default="synthetic", help="workload (docs/fleets.md)"
     )

@@ -76,12 +76,8 @@ class QueryService:
         registry: CollectorRegistry,
         clickhouse_client: Client | None = None,
         screenshots: ScreenshotStore | None = None,
-        *,
-        unique_users: bool = True,
     ) -> None:
         self._settings = settings
-        # ALL_USERS answers carry distinct users per cell (off: the benchmark's reference).
-        self._unique_users = unique_users or settings.query.min_users_per_cell > 0
         self._metrics = QueryMetrics(registry)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
@@ -214,7 +210,7 @@ class QueryService:
                 f"(HEATMAP_MIN_USERS_PER_CELL={k})"
             )
         unique = None
-        if spec.per_user or not self._unique_users:
+        if spec.per_user or not (spec.unique_users or k):
             rows = await self._sql(heatmap_query.plan(spec, limit, users), context)
         else:
             rows, unique = await asyncio.gather(

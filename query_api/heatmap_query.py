@@ -65,6 +65,7 @@ class QuerySpec:
     end_s: int | None  # ceil(end_time) in Unix seconds; None: unbounded
     grid_size: int
     top_users: int = 0  # PER_USER only; 0: every user
+    unique_users: bool = False  # ALL_USERS only: distinct users per cell asked for
 
     @property
     def empty_range(self) -> bool:
@@ -142,6 +143,8 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         )
     elif request.top_users and not per_user:
         violations.append(FieldViolation(prefix + "top_users", "is only for mode PER_USER"))
+    if request.unique_users and per_user:
+        violations.append(FieldViolation(prefix + "unique_users", "is only for mode ALL_USERS"))
     if violations:
         raise InvalidArgument(violations)
     return QuerySpec(
@@ -153,6 +156,7 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         start_s=start_s,
         end_s=end_s,
         grid_size=grid,
+        unique_users=request.unique_users,
         top_users=request.top_users,
     )
 

@@ -88,9 +88,9 @@ async def test_unique_users_per_cell_and_in_total_are_exact(settings: Settings) 
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         for f in cases:
             for grid in (8, 32, 64, 128, 512):
-                reply = await stub.QueryHeatmapData(
-                    request_for(f, grid, pb.ALL_USERS), metadata=VIEW
-                )
+                request = request_for(f, grid, pb.ALL_USERS)
+                request.unique_users = True
+                reply = await stub.QueryHeatmapData(request, metadata=VIEW)
                 users, counts, total = users_expected(events, f, grid)
                 assert {cell(p, grid): p.unique_users for p in reply.data_points} == users
                 assert {cell(p, grid): p.count for p in reply.data_points} == counts
@@ -150,7 +150,7 @@ async def test_k_anonymity_hides_cells_of_fewer_than_k_users(settings: Settings)
         assert allowed.data_points
 
 
-async def test_without_k_nothing_is_hidden_and_per_user_needs_only_view(
+async def test_without_k_nothing_is_hidden_and_unique_users_only_when_asked(
     settings: Settings,
 ) -> None:
     events = events_of_many_users()
@@ -161,6 +161,8 @@ async def test_without_k_nothing_is_hidden_and_per_user_needs_only_view(
         _, counts, _ = users_expected(events, Filters(), 64)
         assert len(reply.data_points) == len(counts)
         assert (reply.suppressed_count, reply.suppressed_cells) == (0, 0)
+        assert reply.unique_users == 0
+        assert all(p.unique_users == 0 for p in reply.data_points)
         per_user = await stub.QueryHeatmapData(
             request_for(Filters(), 64, pb.PER_USER), metadata=VIEW
         )
