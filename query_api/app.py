@@ -21,8 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
+import numpy.typing as npt
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.npquery import NumpyResult
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
@@ -37,10 +39,11 @@ from heatmap.errors import (
     Unavailable,
 )
 from heatmap.settings import Settings
-from query_api import backdrops, erasure, heatmap_query, render, screens_query
+from query_api import backdrops, erasure, heatmap_query, point_encoding, render, screens_query
 from query_api.clickhouse_errors import clickhouse_error
 from query_api.metrics import QueryMetrics
 from query_api.png_check import PngInfo, check_header, decode_png
+from query_api.point_encoding import EncodedReply
 from query_api.screenshots import (
     FileScreenshotStore,
     S3ScreenshotStore,
@@ -76,8 +79,12 @@ class QueryService:
         registry: CollectorRegistry,
         clickhouse_client: Client | None = None,
         screenshots: ScreenshotStore | None = None,
+        *,
+        unique_users: bool = True,
     ) -> None:
         self._settings = settings
+        # ALL_USERS answers carry distinct users per cell (off: the benchmark's reference).
+        self._unique_users = unique_users or settings.query.min_users_per_cell > 0
         self._metrics = QueryMetrics(registry)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
@@ -137,10 +144,11 @@ class QueryService:
             grpc.method_handlers_generic_handler(
                 SERVICE,
                 {
-                    "QueryHeatmapData": unary(
+                    # Answered as bytes already written (point_encoding.EncodedReply).
+                    "QueryHeatmapData": grpc.unary_unary_rpc_method_handler(
                         self.QueryHeatmapData,
-                        pb.QueryHeatmapDataRequest,
-                        pb.QueryHeatmapDataResponse,
+                        request_deserializer=pb.QueryHeatmapDataRequest.FromString,
+                        response_serializer=point_encoding.serialize,
                     ),
                     "ListScreenshots": unary(
                         self.ListScreenshots, pb.ListScreenshotsRequest, pb.ListScreenshotsResponse
@@ -186,14 +194,14 @@ class QueryService:
         request: heatmap_pb2.QueryHeatmapDataRequest,
         field: str = "",
         context: CallContext | None = None,
-    ) -> heatmap_pb2.QueryHeatmapDataResponse:
+    ) -> EncodedReply:
         """Validate, run and shape one heatmap query (shared by QueryHeatmapData and render).
 
         With top_users, two statements: the ranking, then the kept users' cells.
         """
         spec = heatmap_query.parse_request(request, field)
         if heatmap_query.is_empty(spec):
-            return heatmap_pb2.QueryHeatmapDataResponse(grid_size=spec.grid_size)
+            return EncodedReply(heatmap_pb2.QueryHeatmapDataResponse(grid_size=spec.grid_size))
         limit = self._settings.query.max_per_user_points
         ranking = None
         users = None
@@ -202,7 +210,7 @@ class QueryService:
             ranking = heatmap_query.ranking_from_rows(rows)
             users = ranking.user_ids
             if not users:
-                return heatmap_query.build_response(spec, [], limit, ranking)
+                return heatmap_query.build_answer(spec, [], limit, ranking)
         k = self._settings.query.min_users_per_cell
         if k and spec.per_user and VIEW_USER_HEATMAPS not in current_principal().permissions:
             raise PermissionDenied(
@@ -210,27 +218,29 @@ class QueryService:
                 f"(HEATMAP_MIN_USERS_PER_CELL={k})"
             )
         unique = None
-        if spec.per_user or not (spec.unique_users or k):
-            rows = await self._sql(heatmap_query.plan(spec, limit, users), context)
+        # ALL_USERS rows are integers only: read as numpy arrays, not Python lists.
+        numeric = not spec.per_user
+        if spec.per_user or not self._unique_users:
+            rows = await self._sql(heatmap_query.plan(spec, limit, users), context, numeric)
         else:
             rows, unique = await asyncio.gather(
-                self._sql(heatmap_query.plan(spec, limit, users), context),
-                self._sql(heatmap_query.plan_unique_users(spec), context),
+                self._sql(heatmap_query.plan(spec, limit, users), context, numeric),
+                self._sql(heatmap_query.plan_unique_users(spec), context, numeric),
             )
-        response = heatmap_query.build_response(
+        reply = heatmap_query.build_answer(
             spec, rows, limit, ranking, unique, 0 if spec.per_user else k
         )
         self._metrics.points.labels("per_user" if spec.per_user else "all_users").observe(
-            len(response.data_points)
+            reply.point_count
         )
-        return response
+        return reply
 
     async def _sql(
-        self, plan: heatmap_query.Plan, context: CallContext | None
+        self, plan: heatmap_query.Plan, context: CallContext | None, numeric: bool = False
     ) -> Sequence[Sequence[Any]]:
-        """Run one planned statement; its rows column-wise. ClickHouse's
-        max_execution_time is the configured bound, lowered to the caller's
-        remaining deadline when that is shorter."""
+        """Run one planned statement; its rows column-wise (``numeric``: as numpy
+        arrays). ClickHouse's max_execution_time is the configured bound,
+        lowered to the caller's remaining deadline when that is shorter."""
         client = self._client
         if client is None:
             raise Unavailable("query service is not started")
@@ -241,6 +251,7 @@ class QueryService:
                 plan.sql,
                 parameters=plan.parameters,
                 settings={"max_execution_time": _time_budget(self._settings, context)},
+                use_numpy=numeric,
             )
         except (DatabaseError, OSError) as e:
             raise clickhouse_error(e) from e
@@ -251,6 +262,8 @@ class QueryService:
         summary = result.summary or {}
         self._metrics.rows_read.labels(plan.table).inc(int(summary.get("read_rows", 0) or 0))
         self._metrics.bytes_read.labels(plan.table).inc(int(summary.get("read_bytes", 0) or 0))
+        if isinstance(result, NumpyResult):  # asked for with use_numpy
+            return _numpy_columns(result.np_result)
         columns: Sequence[Sequence[Any]] = result.result_columns
         return columns
 
@@ -258,7 +271,7 @@ class QueryService:
 
     async def QueryHeatmapData(
         self, request: heatmap_pb2.QueryHeatmapDataRequest, context: CallContext
-    ) -> heatmap_pb2.QueryHeatmapDataResponse:
+    ) -> EncodedReply:
         return await self.query(request, context=context)
 
     async def EraseUserData(
@@ -452,9 +465,7 @@ def _validate_and_derive(data: bytes, width: int, height: int) -> tuple[PngInfo,
         return info, backdrops.derive(image)
 
 
-def _render(
-    data: heatmap_pb2.QueryHeatmapDataResponse, backdrop: _Backdrop | None, width: int
-) -> render.Rendered:
+def _render(data: EncodedReply, backdrop: _Backdrop | None, width: int) -> render.Rendered:
     source = backdrop[1] if backdrop is not None else None
     out_w, out_h = render.output_size(width, source)
     if out_w > render.MAX_WIDTH or out_w * out_h > render.MAX_OUTPUT_PIXELS:
@@ -465,13 +476,13 @@ def _render(
     if backdrop is not None:
         image = Image.open(io.BytesIO(backdrop[0]), formats=["PNG"])
         image.load()
-    points = data.data_points
+    xs, ys, counts = data.cells()
     try:
         return render.render(
-            data.grid_size,
-            [p.x for p in points],
-            [p.y for p in points],
-            [p.count for p in points],
+            data.head.grid_size,
+            xs,
+            ys,
+            counts,
             image,
             width,
             source_size=source,
@@ -479,6 +490,16 @@ def _render(
     finally:
         if image is not None:
             image.close()
+
+
+def _numpy_columns(table: npt.NDArray[Any]) -> list[Any]:
+    """clickhouse-connect's numpy result as one array per column: a structured array
+    (mixed types), a 2-D one (one type) or, without rows, an empty 1-D one."""
+    if table.dtype.names:
+        return [table[name] for name in table.dtype.names]
+    if table.ndim == 2:
+        return [table[:, i] for i in range(table.shape[1])]
+    return []
 
 
 def _time_budget(settings: Settings, context: CallContext | None) -> float:

@@ -36,11 +36,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from google.protobuf import timestamp_pb2
 
 from heatmap.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from query_api.point_encoding import TOTAL_USERS_KEY as TOTAL_USERS_KEY
+from query_api.point_encoding import (
+    EncodedReply,
+    dense,
+    dense_users,
+    encode_all_users,
+)
 from schemas.event_rules import EVENT_TYPE_NAMES, EVENT_TYPES, MAX_CAMPAIGN_ID, MAX_USER_ID
 from schemas.event_rules import MAX_SCREEN_NAME as MAX_SCREEN_NAME
 from schemas.heatmap.v1 import heatmap_pb2
@@ -65,7 +70,6 @@ class QuerySpec:
     end_s: int | None  # ceil(end_time) in Unix seconds; None: unbounded
     grid_size: int
     top_users: int = 0  # PER_USER only; 0: every user
-    unique_users: bool = False  # ALL_USERS only: distinct users per cell asked for
 
     @property
     def empty_range(self) -> bool:
@@ -143,8 +147,6 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         )
     elif request.top_users and not per_user:
         violations.append(FieldViolation(prefix + "top_users", "is only for mode PER_USER"))
-    if request.unique_users and per_user:
-        violations.append(FieldViolation(prefix + "unique_users", "is only for mode ALL_USERS"))
     if violations:
         raise InvalidArgument(violations)
     return QuerySpec(
@@ -156,7 +158,6 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         start_s=start_s,
         end_s=end_s,
         grid_size=grid,
-        unique_users=request.unique_users,
         top_users=request.top_users,
     )
 
@@ -275,10 +276,6 @@ def plan(spec: QuerySpec, max_per_user_points: int, users: Sequence[str] | None 
     return Plan(table=table, sql=sql, parameters=params, per_user=spec.per_user)
 
 
-# The key of the row that carries the distinct users over all cells.
-TOTAL_USERS_KEY = -1
-
-
 def plan_unique_users(spec: QuerySpec) -> Plan:
     """ALL_USERS: distinct users per cell (key as in ``plan``) and in total (key -1).
 
@@ -296,58 +293,46 @@ def plan_unique_users(spec: QuerySpec) -> Plan:
     else:
         gx, gy = f"intDiv(cell_x, {512 // g})", f"intDiv(cell_y, {512 // g})"
     condition = " AND ".join(where)
+    # The total reads the table, never the projection: merging its thousands of
+    # per-cell states into one set took 44 s where reading the rows took 0.5 s
+    # (10 M events, 100 k users on one screen). A condition on ``hour``, which
+    # the projection does not keep, rules it out; every hour is >= 0.
+    whole = condition if "hour" in condition else f"{condition} AND hour >= toDateTime(0, 'UTC')"
     sql = (
         f"SELECT toInt64({gy} * {g} + {gx}) AS k, uniqExact(user_id) AS u "
         f"FROM touch_cells_by_user WHERE {condition} GROUP BY k "
         f"UNION ALL SELECT toInt64({TOTAL_USERS_KEY}), uniqExact(user_id) "
-        f"FROM touch_cells_by_user WHERE {condition}"
+        f"FROM touch_cells_by_user WHERE {whole}"
     )
     return Plan(table="touch_cells_by_user", sql=sql, parameters=params, per_user=False)
 
 
-def build_response(
+def build_answer(
     spec: QuerySpec,
     columns: Sequence[Sequence[Any]],
     max_per_user_points: int,
     ranking: UserRanking | None = None,
     unique_users: Sequence[Sequence[Any]] | None = None,
     min_users: int = 0,
-) -> heatmap_pb2.QueryHeatmapDataResponse:
-    """The response for the rows of ``plan(spec)`` (given column-wise).
+) -> EncodedReply:
+    """The answer for the rows of ``plan(spec)`` (given column-wise: lists or numpy).
 
     ``ranking``: the top_users ranking the rows were read for (its totals go
-    into total_users/total_touches).
+    into total_users/total_touches). ALL_USERS points are written as bytes
+    (``point_encoding``); PER_USER answers are built as a message.
     """
     g = spec.grid_size
+    if not spec.per_user:
+        keys, counts = columns if columns else ((), ())
+        per_cell, total_users = (None, 0) if unique_users is None else dense_users(g, unique_users)
+        return encode_all_users(g, dense(g, keys, counts), per_cell, total_users, min_users)
     response = heatmap_pb2.QueryHeatmapDataResponse(grid_size=g)
     if ranking is not None:
         response.total_users = ranking.total_users
         response.total_touches = ranking.total_touches
-    if not columns or not columns[0]:
-        return response
-    if not spec.per_user:
-        keys, counts = columns
-        key_array = np.asarray(keys, dtype=np.int64)
-        count_array = np.asarray(counts, dtype=np.uint64)
-        per_cell = None
-        if unique_users is not None:
-            per_cell, response.unique_users = users_per_key(key_array, unique_users)
-        total_count = int(count_array[count_array > 0].sum())
-        if min_users > 0:
-            if per_cell is None:
-                raise ValueError("k-anonymity needs the unique users of the cells")
-            # k-anonymity: cells seen by fewer than k users are left out, their
-            # touches reported as one total, so that total_count stays the sum.
-            hidden = (per_cell < min_users) & (count_array > 0)
-            response.suppressed_count = int(count_array[hidden].sum())
-            response.suppressed_cells = int(hidden.sum())
-            keep = ~hidden
-            key_array, count_array, per_cell = key_array[keep], count_array[keep], per_cell[keep]
-        blob, _ = encode_cells(g, key_array, count_array, per_cell)
-        response.MergeFromString(blob)
-        response.total_count = total_count
-        return response
-    users, gxs, gys, counts = columns
+    if not columns or not len(columns[0]):
+        return EncodedReply(response)
+    users, gxs, gys, counts = (list(c) for c in columns)
     if len(counts) > max_per_user_points:
         raise ResourceExhausted(
             f"PER_USER answer exceeds {max_per_user_points} points (user, cell); narrow it "
@@ -372,7 +357,21 @@ def build_response(
     if ranking is None:
         response.total_users = len(ranked)
         response.total_touches = response.total_count
-    return response
+    return EncodedReply(response)
+
+
+def build_response(
+    spec: QuerySpec,
+    columns: Sequence[Sequence[Any]],
+    max_per_user_points: int,
+    ranking: UserRanking | None = None,
+    unique_users: Sequence[Sequence[Any]] | None = None,
+    min_users: int = 0,
+) -> heatmap_pb2.QueryHeatmapDataResponse:
+    """``build_answer`` as a message."""
+    return build_answer(
+        spec, columns, max_per_user_points, ranking, unique_users, min_users
+    ).message()
 
 
 def is_empty(spec: QuerySpec) -> bool:
@@ -382,134 +381,3 @@ def is_empty(spec: QuerySpec) -> bool:
     if spec.start_s is not None and spec.start_s > _DATETIME_MAX:
         return True
     return spec.end_s is not None and spec.end_s <= 0
-
-
-# Wire format of one `repeated HeatmapDataPoint data_points = 1` entry, ALL_USERS:
-# 0x0A len | 0x0D x:float32le | 0x15 y:float32le | 0x18 count:varint (1..10 bytes).
-_POINT_FIXED = 13  # bytes before the varint
-_MAX_VARINT = 10
-
-
-def users_per_key(
-    keys: npt.NDArray[np.int64], rows: Sequence[Sequence[Any]]
-) -> tuple[npt.NDArray[np.uint64], int]:
-    """The ``plan_unique_users`` rows (column-wise) aligned with ``keys``, and the total."""
-    user_keys = np.asarray(rows[0] if rows else [], dtype=np.int64)
-    user_counts = np.asarray(rows[1] if rows else [], dtype=np.uint64)
-    is_total = user_keys == TOTAL_USERS_KEY
-    total = int(user_counts[is_total].sum())
-    user_keys, user_counts = user_keys[~is_total], user_counts[~is_total]
-    order = np.argsort(user_keys)
-    user_keys, user_counts = user_keys[order], user_counts[order]
-    out = np.zeros(keys.shape[0], dtype=np.uint64)
-    if user_keys.shape[0]:
-        at = np.minimum(np.searchsorted(user_keys, keys), user_keys.shape[0] - 1)
-        found = user_keys[at] == keys
-        out[found] = user_counts[at[found]]
-    return out, total
-
-
-def _varints(values: npt.NDArray[np.uint64]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """Each value as a protobuf varint: (n, 10) bytes and the length used of each row."""
-    n = values.shape[0]
-    bits = np.zeros(n, dtype=np.int64)
-    rest = values.copy()
-    for _ in range(_MAX_VARINT):
-        rest >>= np.uint64(7)
-        bits += (rest > 0).astype(np.int64)
-    lengths = bits + 1
-    out = np.zeros((n, _MAX_VARINT), dtype=np.uint8)
-    value = values.copy()
-    for i in range(_MAX_VARINT):
-        more = (i + 1 < lengths).astype(np.uint8) << 7
-        out[:, i] = (value & np.uint64(0x7F)).astype(np.uint8) | more
-        value >>= np.uint64(7)
-    return out, lengths
-
-
-# `int64 unique_users = 40` of HeatmapDataPoint: tag (40 << 3 | 0) as a varint.
-_USERS_TAG = bytes([0xC0, 0x02])
-
-
-def encode_cells(
-    grid: int,
-    keys: npt.NDArray[np.int64],
-    counts: npt.NDArray[np.uint64],
-    users: npt.NDArray[np.uint64] | None = None,
-) -> tuple[bytes, int]:
-    """ALL_USERS data points as serialized protobuf (field 1 of the response), and the total.
-
-    Vectorised with numpy: building 4,096 (grid 64) to 262,144 (grid 512)
-    message objects one by one in Python dominated the query's latency, while
-    parsing these bytes back (upb) costs a fraction of that. Points are in
-    row-major cell order (y, then x), key = iy * grid + ix.
-    """
-    keep = counts > 0
-    keys, counts = keys[keep], counts[keep]
-    order = np.argsort(keys, kind="stable")
-    keys, counts = keys[order], counts[order]
-    n = keys.shape[0]
-    if n == 0:
-        return b"", 0
-    if users is not None:
-        return _encode_with_users(grid, keys, counts, users[keep][order]), int(counts.sum())
-    xs = ((keys % grid).astype(np.float64) + 0.5) / grid
-    ys = ((keys // grid).astype(np.float64) + 0.5) / grid
-    bits = np.zeros(n, dtype=np.int64)
-    rest = counts.copy()
-    for _ in range(_MAX_VARINT):
-        rest >>= np.uint64(7)
-        bits += (rest > 0).astype(np.int64)
-    varint_len = bits + 1
-    rows = np.zeros((n, _POINT_FIXED + _MAX_VARINT), dtype=np.uint8)
-    rows[:, 0] = 0x0A
-    rows[:, 1] = (11 + varint_len).astype(np.uint8)
-    rows[:, 2] = 0x0D
-    rows[:, 3:7] = xs.astype("<f4").view(np.uint8).reshape(n, 4)
-    rows[:, 7] = 0x15
-    rows[:, 8:12] = ys.astype("<f4").view(np.uint8).reshape(n, 4)
-    rows[:, 12] = 0x18
-    value = counts.copy()
-    for i in range(_MAX_VARINT):
-        more = (i + 1 < varint_len).astype(np.uint8) << 7
-        rows[:, _POINT_FIXED + i] = (value & np.uint64(0x7F)).astype(np.uint8) | more
-        value >>= np.uint64(7)
-    mask = np.arange(_POINT_FIXED + _MAX_VARINT)[None, :] < (_POINT_FIXED + varint_len)[:, None]
-    return rows[mask].tobytes(), int(counts.sum())
-
-
-def _encode_with_users(
-    grid: int,
-    keys: npt.NDArray[np.int64],
-    counts: npt.NDArray[np.uint64],
-    users: npt.NDArray[np.uint64],
-) -> bytes:
-    """``encode_cells`` with field 40 (unique_users) after the count of each point."""
-    n = keys.shape[0]
-    xs = ((keys % grid).astype(np.float64) + 0.5) / grid
-    ys = ((keys // grid).astype(np.float64) + 0.5) / grid
-    count_bytes, count_len = _varints(counts)
-    user_bytes, user_len = _varints(users)
-    width = _POINT_FIXED + 2 * _MAX_VARINT + len(_USERS_TAG)
-    rows = np.zeros((n, width), dtype=np.uint8)
-    rows[:, 0] = 0x0A
-    # 11 fixed bytes after the length, both varints and the tag: at most 33 (one byte).
-    rows[:, 1] = (11 + count_len + len(_USERS_TAG) + user_len).astype(np.uint8)
-    rows[:, 2] = 0x0D
-    rows[:, 3:7] = xs.astype("<f4").view(np.uint8).reshape(n, 4)
-    rows[:, 7] = 0x15
-    rows[:, 8:12] = ys.astype("<f4").view(np.uint8).reshape(n, 4)
-    rows[:, 12] = 0x18
-    c0, t0 = _POINT_FIXED, _POINT_FIXED + _MAX_VARINT
-    u0 = t0 + len(_USERS_TAG)
-    rows[:, c0:t0] = count_bytes
-    rows[:, t0:u0] = np.frombuffer(_USERS_TAG, dtype=np.uint8)
-    rows[:, u0:] = user_bytes
-    col = np.arange(width)[None, :]
-    mask = (
-        (col < c0)
-        | ((col >= c0) & (col < c0 + count_len[:, None]))
-        | ((col >= t0) & (col < u0))
-        | ((col >= u0) & (col < u0 + user_len[:, None]))
-    )
-    return rows[mask].tobytes()

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from heatmap.auth import Authenticator, authorize, reset_principal, set_principal
 from heatmap.errors import HeatmapError, to_rpc_status
 from query_api.app import QueryService
+from query_api.point_encoding import EncodedReply
 from schemas.api import SERVICE, method_path
 from schemas.heatmap.v1 import heatmap_pb2
 
@@ -168,9 +169,14 @@ class ConnectEndpoints(ConnectASGIApplication[QueryService]):
                 authorize(principal, path)
                 token = set_principal(principal)
                 try:
-                    return await inner(request, _Deadline(ctx))
+                    reply = await inner(request, _Deadline(ctx))
                 finally:
                     reset_principal(token)
+                # Written as bytes already: the binary codec sends them as they are
+                # (SerializeToString); proto3 JSON needs the message.
+                if isinstance(reply, EncodedReply) and not _binary(ctx):
+                    return reply.message()
+                return reply
             except HeatmapError as e:
                 code = e.code.name
                 if e.code not in (
@@ -208,6 +214,13 @@ def _method_handlers(generic: grpc.GenericRpcHandler) -> dict[str, grpc.RpcMetho
         if handler is not None and handler.unary_unary is not None:
             found[method.name] = handler
     return found
+
+
+def _binary(ctx: RequestContext[Any, Any]) -> bool:
+    """Whether the call's codec is Connect's binary one (a unary POST of application/proto;
+    a GET names its codec in the query string, and falls back to the message here)."""
+    content_type = ctx.request_headers().get("content-type", "").lower()
+    return ctx.http_method() == "POST" and content_type == "application/proto"
 
 
 def _message_class(name: str) -> type[Message]:

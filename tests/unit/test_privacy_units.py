@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from query_api.heatmap_query import TOTAL_USERS_KEY, encode_cells, users_per_key
-from schemas.heatmap.v1 import heatmap_pb2
+from query_api.point_encoding import TOTAL_USERS_KEY, dense, dense_users, encode_all_users
 from stream_workers.suppression import ERASE, UNERASE, SuppressionRow, Suppressions
 
 
@@ -47,12 +46,12 @@ def test_cells_with_unique_users_parse_back_exactly() -> None:
     counts = rng.integers(0, 2**40, 500).astype(np.uint64)
     counts[:5] = [0, 1, 127, 128, 2**62]
     users_rows = [[*keys.tolist(), TOTAL_USERS_KEY], [*(k % 300 for k in keys), 999]]
-    users, total = users_per_key(keys, users_rows)
+    users, total = dense_users(grid, users_rows)
     assert total == 999
-    blob, summed = encode_cells(grid, keys, counts, users)
-    reply = heatmap_pb2.QueryHeatmapDataResponse.FromString(blob)
+    reply = encode_all_users(grid, dense(grid, keys, counts), users, total).message()
     keep = counts > 0
-    assert summed == int(counts[keep].sum())
+    assert reply.total_count == int(counts[keep].sum())
+    assert reply.unique_users == 999
     got = {
         (round(p.y * grid - 0.5) * grid + round(p.x * grid - 0.5)): (p.count, p.unique_users)
         for p in reply.data_points
@@ -61,7 +60,5 @@ def test_cells_with_unique_users_parse_back_exactly() -> None:
         int(k): (int(c), int(k) % 300) for k, c in zip(keys[keep], counts[keep], strict=True)
     }
     assert got == expected
-    plain, _ = encode_cells(grid, keys, counts)
-    assert [
-        p.count for p in heatmap_pb2.QueryHeatmapDataResponse.FromString(plain).data_points
-    ] == [p.count for p in reply.data_points]
+    plain = encode_all_users(grid, dense(grid, keys, counts)).message()
+    assert [p.count for p in plain.data_points] == [p.count for p in reply.data_points]
