@@ -79,12 +79,8 @@ class QueryService:
         registry: CollectorRegistry,
         clickhouse_client: Client | None = None,
         screenshots: ScreenshotStore | None = None,
-        *,
-        unique_users: bool = True,
     ) -> None:
         self._settings = settings
-        # ALL_USERS answers carry distinct users per cell (off: the benchmark's reference).
-        self._unique_users = unique_users or settings.query.min_users_per_cell > 0
         self._metrics = QueryMetrics(registry)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
@@ -220,7 +216,7 @@ class QueryService:
         unique = None
         # ALL_USERS rows are integers only: read as numpy arrays, not Python lists.
         numeric = not spec.per_user
-        if spec.per_user or not self._unique_users:
+        if spec.per_user or not (spec.unique_users or k):
             rows = await self._sql(heatmap_query.plan(spec, limit, users), context, numeric)
         else:
             rows, unique = await asyncio.gather(

@@ -70,6 +70,7 @@ class QuerySpec:
     end_s: int | None  # ceil(end_time) in Unix seconds; None: unbounded
     grid_size: int
     top_users: int = 0  # PER_USER only; 0: every user
+    unique_users: bool = False  # ALL_USERS only: distinct users per cell asked for
 
     @property
     def empty_range(self) -> bool:
@@ -147,6 +148,8 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         )
     elif request.top_users and not per_user:
         violations.append(FieldViolation(prefix + "top_users", "is only for mode PER_USER"))
+    if request.unique_users and per_user:
+        violations.append(FieldViolation(prefix + "unique_users", "is only for mode ALL_USERS"))
     if violations:
         raise InvalidArgument(violations)
     return QuerySpec(
@@ -158,6 +161,7 @@ def parse_request(request: heatmap_pb2.QueryHeatmapDataRequest, field: str = "")
         start_s=start_s,
         end_s=end_s,
         grid_size=grid,
+        unique_users=request.unique_users,
         top_users=request.top_users,
     )
 
@@ -280,10 +284,8 @@ def plan_unique_users(spec: QuerySpec) -> Plan:
     """ALL_USERS: distinct users per cell (key as in ``plan``) and in total (key -1).
 
     Exact (``uniqExact`` of the user ids) from the per-user table, whose
-    erasure DELETE removes a user everywhere. The divisions are literals
-    spelled as in the projection of migration 011 (grid <= 64), so that a
-    whole-range query of a screen merges its per-cell states instead of
-    reading every per-user row.
+    erasure DELETE removes a user everywhere. Costs time in proportion to the
+    screen's per-user rows under the filters: asked for, not always run.
     """
     where, params = _filters(spec)
     g = spec.grid_size

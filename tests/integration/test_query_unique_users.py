@@ -1,8 +1,7 @@
 """Distinct users per cell and k-anonymity, through the real gRPC server on chDB.
 
 The answers are compared with the distinct users computed straight from the
-events, for several grids and filters (whole range: the projection of
-migration 011; with filters: the per-user table).
+events, for several grids and filters.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ import grpc
 import pytest
 
 from heatmap.auth import VIEW_HEATMAPS, VIEW_USER_HEATMAPS
-from heatmap.clickhouse import connect
 from heatmap.settings import ClickHouseSettings, Settings
-from query_api import heatmap_query
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.integration.test_query_heatmap import (
@@ -96,23 +93,6 @@ async def test_unique_users_per_cell_and_in_total_are_exact(settings: Settings) 
                 assert {cell(p, grid): p.count for p in reply.data_points} == counts
                 assert reply.unique_users == total, (f, grid)
                 assert reply.suppressed_count == 0
-
-
-def test_whole_range_unique_users_read_the_projection(clickhouse: ClickHouseSettings) -> None:
-    insert_events(clickhouse, events_of_many_users())
-    client = connect(clickhouse)
-    try:
-        for grid in (8, 64):
-            spec = heatmap_query.parse_request(
-                pb.QueryHeatmapDataRequest(screen_name="Home", grid_size=grid)
-            )
-            plan = heatmap_query.plan_unique_users(spec)
-            # Fails (no projection used) if the SQL and migration 011 drift apart.
-            client.query(
-                plan.sql, parameters=plan.parameters, settings={"force_optimize_projection": 1}
-            )
-    finally:
-        client.close()
 
 
 async def test_k_anonymity_hides_cells_of_fewer_than_k_users(settings: Settings) -> None:
