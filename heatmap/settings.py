@@ -265,7 +265,10 @@ class ServerSettings:
 @dataclass(frozen=True)
 class WorkerSettings:
     flush_interval_s: Annotated[_PositiveFloat, Env("FLUSH_INTERVAL_S")] = 1.0
-    flush_max_cells: Annotated[_PositiveInt, Env("FLUSH_MAX_CELLS")] = 200_000
+    # Events per flush chunk (one insert per table and month): a larger chunk
+    # makes fewer, larger parts for the engine to merge (bench_worker: 500 k
+    # costs ~40 % less CPU per event than 200 k); capped at 500 k (one block).
+    flush_max_cells: Annotated[_PositiveInt, Env("FLUSH_MAX_CELLS")] = 500_000
     clickhouse_retry_max_s: Annotated[_PositiveFloat, Env("CLICKHOUSE_RETRY_MAX_S")] = 30.0
     # Consumer-group timings: a dead worker's partitions move after the
     # session timeout; a revoke waits (up to the rebalance timeout) for the

@@ -99,7 +99,7 @@ class Processor:
         metrics: WorkerMetrics,
         dead_letter: DeadLetterSink,
         *,
-        chunk_events: int = 200_000,
+        chunk_events: int = 500_000,
         retry_max_s: float = 30.0,
         ledger_entries: int = 200_000,
         ledger_filter_bytes: int = 32 << 20,

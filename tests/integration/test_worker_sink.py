@@ -18,12 +18,12 @@ from tests.worker_support import fleet_batches, fleet_month
 def test_one_insert_is_one_part_with_its_markers(client: Client) -> None:
     store = ClickHouseCellStore(client)
     store.claim("topic", [0, 1, 2], "me")
-    records = [Record(i % 3, 1000 + i, b) for i, b in enumerate(fleet_batches(500, 500))]
+    records = [Record(i % 3, 1000 + i, b) for i, b in enumerate(fleet_batches(1000, 500))]
     blocks = aggregate(records, "topic", {})
     month = fleet_month()
     assert {b.month for b in blocks} == {month}
     by_user = next(b for b in blocks if b.table == "touch_cells_by_user")
-    assert by_user.rows > 240_000  # a large block, as a default flush is
+    assert by_user.rows > 490_000  # as large as a default (and the largest) flush chunk
     for block in blocks:
         store.insert_block("topic", block, "me")
         assert store.block_landed("topic", block)
@@ -35,7 +35,7 @@ def test_one_insert_is_one_part_with_its_markers(client: Client) -> None:
         ).result_rows
         assert parts == [(1, block.rows + 3)], block.table
     marks = store.load_watermarks("topic", [0, 1, 2, 3])
-    highest = {0: 1498, 1: 1499, 2: 1497}  # offsets 1000 + i on partition i % 3, i < 500
+    highest = {0: 1999, 1: 1997, 2: 1998}  # offsets 1000 + i on partition i % 3, i < 1000
     assert marks == {(t, p, month): highest[p] for t in TABLE_NAMES for p in range(3)}
     assert store.load_watermarks("other-topic", [0]) == {}
 
