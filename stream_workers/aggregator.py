@@ -17,12 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from schemas.touch_batch import TouchBatch
-from stream_workers.native import Column, LowCardinalityColumn, NumberColumn, encode_block, numbers
+from stream_workers.native import (
+    NUMPY_TYPES,
+    Column,
+    LowCardinalityColumn,
+    NumberColumn,
+    encode_block,
+)
 
 BASE_GRID = 512
 MS_PER_HOUR = 3_600_000
@@ -116,7 +123,28 @@ class _Dictionary:
 
 
 def _group(fields: Sequence[tuple[IntArray, int]]) -> tuple[list[IntArray], IntArray]:
-    """Distinct tuples of ``fields`` (array, radix) and how often each occurs."""
+    """Distinct tuples of ``fields`` (array, radix) and how often each occurs.
+
+    Rows come out in the lexicographic order of the fields (the tables' ORDER
+    BY order) with any of the three key encodings: bit fields when they fit
+    in 63 bits (the usual case: shifts and masks to unpack, where an int64
+    division per field cost about as much as the sort), a mixed-radix int64
+    otherwise, or whole rows.
+    """
+    widths = [max(radix - 1, 0).bit_length() for _, radix in fields]
+    if sum(widths) <= 63:
+        key = np.zeros(len(fields[0][0]), dtype=np.int64)
+        for (values, _), width in zip(fields, widths, strict=True):
+            if width:
+                key <<= width
+                key |= values
+        unique, counts = np.unique(key, return_counts=True)
+        unpacked: list[IntArray] = []
+        shift = 0
+        for width in reversed(widths):
+            unpacked.append((unique >> shift) & ((1 << width) - 1))
+            shift += width
+        return unpacked[::-1], counts.astype(np.int64)
     radix_product = 1
     for _, radix in fields:
         radix_product *= max(radix, 1)
@@ -176,6 +204,7 @@ def aggregate(
     hours, hour_code = np.unique(hour_s, return_inverse=True)
     hour_code = hour_code.astype(np.int64)
     hour_month = yyyymm(hours)
+    single_month = bool(hour_month[0] == hour_month[-1])  # hours are sorted
     cell_x, cell_y = cells(x, BASE_GRID), cells(y, BASE_GRID)
     user = user_of_record[record_of_event]
     markers = {int(p): int(offsets[partitions == p].max()) for p in np.unique(partitions)}
@@ -201,15 +230,21 @@ def aggregate(
             if not len(fields[0][0]):
                 continue
         grouped, counts = _group(fields)
-        row_month = hour_month[grouped[-3]]
-        for month in np.unique(row_month):
-            select = row_month == month
+        if single_month:  # the usual case: no per-month copies of the columns
+            parts = [(int(hour_month[0]), grouped, counts)]
+        else:
+            row_month = hour_month[grouped[-3]]
+            parts = []
+            for month in np.unique(row_month):
+                select = row_month == month
+                parts.append((int(month), [g[select] for g in grouped], counts[select]))
+        for month, month_rows, month_counts in parts:
             blocks.append(
                 _block(
                     spec,
-                    int(month),
-                    [g[select] for g in grouped],
-                    counts[select],
+                    month,
+                    month_rows,
+                    month_counts,
                     hours,
                     markers,
                     topic,
@@ -246,6 +281,23 @@ def _not_yet_stored(
     return keep
 
 
+def _prepend(
+    head: IntArray,
+    values: IntArray | None,
+    rows: int | None = None,
+    dtype: type[np.generic] = np.int64,
+) -> npt.NDArray[Any]:
+    """``head`` then ``values`` (or ``rows`` zeros) in one array of ``dtype``: one copy,
+    where concatenating and then converting made two."""
+    n = len(head)
+    size = n + (len(values) if values is not None else rows or 0)
+    out = np.empty(size, dtype=dtype) if values is not None else np.zeros(size, dtype=dtype)
+    out[:n] = head
+    if values is not None:
+        out[n:] = values
+    return out
+
+
 def _block(
     spec: TableSpec,
     month: int,
@@ -269,32 +321,32 @@ def _block(
     g = iter(grouped)
     # Marker rows first: screen_name '' sorts before every screen (ORDER BY order).
     columns: list[tuple[str, str, Column]] = [
-        ("screen_name", LC, LowCardinalityColumn(screen_dict, np.concatenate([empty, next(g)]))),
+        ("screen_name", LC, LowCardinalityColumn(screen_dict, _prepend(empty, next(g)))),
     ]
     if spec.per_user:
         user_dict = [*user_ids, ""]
-        user_codes = np.concatenate([np.full(n_markers, len(user_ids), dtype=np.int64), next(g)])
+        user_codes = _prepend(np.full(n_markers, len(user_ids), dtype=np.int64), next(g))
         columns.append(("user_id", LC, LowCardinalityColumn(user_dict, user_codes)))
     campaign, event_type, hour_code, cell_x, cell_y = (next(g) for _ in range(5))
     columns.append(
         (
             "campaign_id",
             LC,
-            LowCardinalityColumn(campaign_dict, np.concatenate([marker_campaigns, campaign])),
+            LowCardinalityColumn(campaign_dict, _prepend(marker_campaigns, campaign)),
         )
     )
     marker_hour = np.full(n_markers, month_start(month), dtype=np.int64)
     marker_offsets = np.array([markers[p] for p in marker_partitions], dtype=np.int64)
-    for name, ch_type, values in (
-        ("event_type", "UInt8", np.concatenate([zeros, event_type])),
-        ("hour", "UInt32", np.concatenate([marker_hour, hours[hour_code]])),
-        ("cell_x", spec.cell_type, np.concatenate([zeros, cell_x])),
-        ("cell_y", spec.cell_type, np.concatenate([zeros, cell_y])),
-        ("events", "UInt64", np.concatenate([zeros, counts])),
-        ("source_offset", "Int64", np.concatenate([marker_offsets, np.zeros(rows, np.int64)])),
+    for name, ch_type, head, values in (
+        ("event_type", "UInt8", zeros, event_type),
+        ("hour", "UInt32", marker_hour, hours[hour_code]),
+        ("cell_x", spec.cell_type, zeros, cell_x),
+        ("cell_y", spec.cell_type, zeros, cell_y),
+        ("events", "UInt64", zeros, counts),
+        ("source_offset", "Int64", marker_offsets, None),
     ):
-        ch, column = numbers(values, ch_type)
-        columns.append((name, ch, column))
+        column = NumberColumn(_prepend(head, values, rows, NUMPY_TYPES[ch_type]))
+        columns.append((name, ch_type, column))
     return Block(
         table=spec.name,
         month=month,

@@ -82,24 +82,20 @@ class NumberColumn:
     values: npt.NDArray[np.generic]
 
     def data(self) -> bytes:
-        return (
-            np.ascontiguousarray(self.values).astype(self.values.dtype.newbyteorder("<")).tobytes()
-        )
+        # No copy but the one into bytes on little-endian machines (``astype`` copies by default).
+        little = self.values.astype(self.values.dtype.newbyteorder("<"), copy=False)
+        return np.ascontiguousarray(little).tobytes()
 
 
 Column = StringColumn | LowCardinalityColumn | NumberColumn
 
-_NUMPY_TYPES = {
+NUMPY_TYPES: dict[str, type[np.generic]] = {
     "UInt8": np.uint8,
     "UInt16": np.uint16,
     "UInt32": np.uint32,
     "UInt64": np.uint64,
     "Int64": np.int64,
 }
-
-
-def numbers(values: npt.ArrayLike, ch_type: str) -> tuple[str, NumberColumn]:
-    return ch_type, NumberColumn(np.asarray(values, dtype=_NUMPY_TYPES[ch_type]))
 
 
 def encode_block(columns: Sequence[tuple[str, str, Column]], rows: int) -> bytes:

@@ -182,6 +182,23 @@ def test_group_falls_back_to_row_unique_for_wide_keys() -> None:
         ) == Counter(zip(a.tolist(), b.tolist(), strict=True))
 
 
+def test_group_encodings_agree_in_rows_and_order() -> None:
+    # Bit fields (<= 63 bits), mixed radix (64 bits of fields, product < 2**62)
+    # and whole rows (product >= 2**62): the same rows, in the same (sorted) order.
+    rng = np.random.default_rng(5)
+    columns = [rng.integers(0, 9, 5000) for _ in range(4)]
+    expected = sorted(Counter(zip(*(c.tolist() for c in columns), strict=True)).items())
+    for radix in (9, 2**15 + 1, 2**16 + 1):
+        grouped, counts = _group([(c, radix) for c in columns])
+        got = list(
+            zip(zip(*(g.tolist() for g in grouped), strict=True), counts.tolist(), strict=True)
+        )
+        assert got == expected, radix
+    (only,), counts = _group([(np.zeros(3, dtype=np.int64), 1)])  # radix 1: no bits at all
+    assert only.tolist() == [0]
+    assert counts.tolist() == [3]
+
+
 def test_ledger_duplicate_only_at_a_higher_offset() -> None:
     ledger = BatchLedger()
     assert ledger.admit((0, "u", "b1"), 10, {}) == (False, True)  # new
