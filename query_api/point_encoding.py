@@ -62,8 +62,7 @@ class EncodedReply:
         head: heatmap_pb2.QueryHeatmapDataResponse,
         points: bytes = b"",
         point_count: int = 0,
-        cells: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.uint64]]
-        | None = None,
+        cells: tuple[int, npt.NDArray[np.intp], npt.NDArray[np.uint64]] | None = None,
     ) -> None:
         self.head = head  # PER_USER: the whole answer
         self._points = points
@@ -81,8 +80,9 @@ class EncodedReply:
     def cells(self) -> tuple[Sequence[float], Sequence[float], Sequence[int]]:
         """The points' x, y and count, in answer order (for rendering)."""
         if self._cells is not None:
-            xs, ys, counts = self._cells
-            return xs.tolist(), ys.tolist(), counts.tolist()
+            grid, keys, counts = self._cells
+            centres = ((np.arange(grid, dtype=np.float64) + 0.5) / grid).astype(np.float32)
+            return centres[keys % grid].tolist(), centres[keys // grid].tolist(), counts.tolist()
         points = self.head.data_points
         return [p.x for p in points], [p.y for p in points], [p.count for p in points]
 
@@ -118,10 +118,13 @@ def varints(
     """Each value as a protobuf varint, left-aligned in ``width`` columns (zero after its
     end), and the number of bytes of each. ``width`` must hold the largest."""
     groups = np.searchsorted(_LIMITS, values, side="right") + 1
-    octets = ((values[:, None] >> _SHIFTS[None, :width]) & np.uint64(0x7F)).astype(np.uint8)
-    column = np.arange(width)
-    octets |= (column[None, :] + 1 < groups[:, None]).astype(np.uint8) << np.uint8(7)
-    octets[column[None, :] >= groups[:, None]] = 0
+    octets = np.empty((values.shape[0], width), dtype=np.uint8)
+    # Column by column: 1-D operations, not an (n, width) array of uint64.
+    for i in range(width):
+        byte = ((values >> _SHIFTS[i]) & np.uint64(0x7F)).astype(np.uint8)
+        byte |= (groups > i + 1).view(np.uint8) << np.uint8(7)
+        byte *= (groups > i).view(np.uint8)
+        octets[:, i] = byte
     return octets, groups
 
 
@@ -143,8 +146,7 @@ def encode_points(
     n = keys.shape[0]
     if n == 0:
         return b""
-    centres = ((np.arange(grid, dtype=np.float64) + 0.5) / grid).astype("<f4")
-    centre_bytes = centres.view(np.uint8).reshape(grid, 4)
+    centres = ((np.arange(grid, dtype=np.float64) + 0.5) / grid).astype("<f4").view("<u4")
     count_width = _width(int(counts.max()))
     count_octets, count_len = varints(counts, count_width)
     with_users = users is not None and bool(users.any())
@@ -160,9 +162,10 @@ def encode_points(
     rows = np.empty((n, width), dtype=np.uint8)
     rows[:, 0] = 0x0A
     rows[:, 2] = 0x0D
-    rows[:, 3:7] = centre_bytes[keys % grid]
+    # Grids are powers of two: the cell's column and row by mask and shift.
+    rows[:, 3:7] = np.take(centres, keys & (grid - 1)).view(np.uint8).reshape(n, 4)
     rows[:, 7] = 0x15
-    rows[:, 8:12] = centre_bytes[keys // grid]
+    rows[:, 8:12] = np.take(centres, keys >> (grid.bit_length() - 1)).view(np.uint8).reshape(n, 4)
     rows[:, 12] = 0x18
     tail = rows[:, _HEAD:]
     tail[:, :count_width] = count_octets
@@ -182,7 +185,9 @@ def encode_points(
     rows[:, 1] = (11 + length).astype(np.uint8)
     if int(length.min()) == width - _HEAD:  # every point as long as the longest: no gaps
         return rows.tobytes()
-    return rows[np.arange(width)[None, :] < (_HEAD + length)[:, None]].tobytes()
+    # Row r of `used` marks a point's first r bytes (take: ~10x faster than indexing).
+    used = np.arange(width)[None, :] < np.arange(width + 1)[:, None]
+    return rows[np.take(used, _HEAD + length, axis=0)].tobytes()
 
 
 def encode_all_users(
@@ -211,9 +216,7 @@ def encode_all_users(
         occupied &= ~hidden
     head.total_count = total_count
     keys = np.flatnonzero(occupied)
-    kept_counts = counts[keys]
-    kept_users = users[keys] if users is not None else None
+    kept_counts = np.take(counts, keys)
+    kept_users = np.take(users, keys) if users is not None else None
     points = encode_points(grid, keys, kept_counts, kept_users)
-    centres = ((np.arange(grid, dtype=np.float64) + 0.5) / grid).astype(np.float32)
-    cells = (centres[keys % grid], centres[keys // grid], kept_counts)
-    return EncodedReply(head, points, keys.shape[0], cells)
+    return EncodedReply(head, points, keys.shape[0], (grid, keys, kept_counts))
