@@ -263,6 +263,23 @@ class Profiler:
         self.path.write_text(summarise_profile(self.raw.read_text()))
 
 
+# Stages of the worker by the frames of a sample (first match wins).
+PROFILE_STAGES = (
+    (
+        "engine call (chDB Connection.query: the engine on this thread, or waiting for it)",
+        "Connection.query (",
+    ),
+    ("Native block to a temporary file (chDB reads the insert from it)", "tempfile.py"),
+    ("aggregate + Native encode (numpy)", "aggregate (stream_workers/aggregator.py"),
+    ("decode + validate (protobuf, numpy)", "_decode (stream_workers/processor.py"),
+    ("aiokafka fetch and record unpacking", "aiokafka/"),
+    ("Faust streams, acks, commits", "faust/"),
+    ("mode (Faust's service threads)", "mode/"),
+    ("processor bookkeeping (dedup, chunks)", "stream_workers/"),
+    ("asyncio loop", "asyncio/"),
+)
+
+
 def summarise_profile(raw: str, top: int = 40) -> str:
     """Self and inclusive shares of the busiest frames of a py-spy raw (collapsed) profile.
 
@@ -273,6 +290,7 @@ def summarise_profile(raw: str, top: int = 40) -> str:
     idle = ("EpollSelector.select (", "_worker (concurrent/futures/thread.py:81)")
     self_n: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
+    stages: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
@@ -284,8 +302,13 @@ def summarise_profile(raw: str, top: int = 40) -> str:
         self_n[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
+        joined = ";".join(frames)
+        stage = next((name for name, key in PROFILE_STAGES if key in joined), "other")
+        stages[stage] += n
     total = max(total, 1)
-    lines = [f"busy samples: {total}", "", "self:"]
+    lines = [f"busy samples of the Python threads: {total}", "", "by stage:"]
+    lines += [f"{n / total:6.1%}  {name}" for name, n in stages.most_common()]
+    lines += ["", "self:"]
     lines += [f"{n / total:6.1%}  {f}" for f, n in self_n.most_common(top)]
     lines += ["", "inclusive:"]
     lines += [f"{n / total:6.1%}  {f}" for f, n in incl.most_common(top)]
