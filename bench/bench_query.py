@@ -1,7 +1,8 @@
 """QueryHeatmapData latency on pre-aggregated cells vs the same question on raw events.
 
     python -m bench.bench_query [--events 50000000] [--calls 100] [--raw-calls 30]
-                                [--fleet synthetic|realistic]
+                                [--fleet synthetic|realistic] [--codecs schema|none]
+                                [--compare-codecs]
 
 In its own process with its own temporary chDB path:
 
@@ -13,12 +14,15 @@ In its own process with its own temporary chDB path:
    ORDER BY (type, team_id, toDate(timestamp), current_url, ...); here
    ORDER BY (event_type, screen_name, toDate(timestamp)), same idea without
    the team).
-2. The three cell tables of ``schemas/clickhouse/001_touch_cells.sql`` are
-   filled from those same events with INSERT ... SELECT ... GROUP BY, one UTC
-   hour at a time (as worker flushes would: each flush's rows are aggregated,
-   merges sum the rest). touch_cells and touch_cells_64 and the raw table are
-   then OPTIMIZEd (the steady state of data older than a few minutes);
-   touch_cells_by_user is left as loaded.
+2. The three cell tables of ``schemas/clickhouse/001_touch_cells.sql`` (with
+   the codecs of migration 020, or without them: ``--codecs none``) are
+   filled from each chunk with INSERT ... SELECT ... GROUP BY (as worker
+   flushes would: each flush's rows are aggregated, merges sum the rest).
+   All four tables are then OPTIMIZEd (the steady state of data older than
+   a few minutes). Rows and bytes per event per table (on disk, compressed,
+   uncompressed; per projection and per column, from system.parts,
+   system.projection_parts and system.columns) are printed beside the raw
+   table's.
 3. QueryService runs behind the real gRPC server (heatmap.serve) on
    loopback in this process (which owns the chDB path); each shape is timed
    end to end by a gRPC client in a separate process (``--calls`` sequential
@@ -27,6 +31,9 @@ In its own process with its own temporary chDB path:
    calls each). Answers are checked equal first.
 4. The per-(screen, cell) projections of migration 003 are part of the
    schema; ClickHouse uses them for the whole-range shapes by itself.
+5. ``--compare-codecs``: each shape's statements in SQL alone, then the
+   codecs removed and every part rewritten (OPTIMIZE FINAL), sizes and the
+   same SQL timings again: both codec sets on the same data in one run.
 
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
@@ -90,6 +97,12 @@ ORDER BY (event_type, screen_name, toDate(timestamp))
 
 _CELL = "least(toUInt16(floor({v} * {g})), {g} - 1)"
 
+CELL_TABLES = (
+    ("touch_cells_by_user", 512, True),
+    ("touch_cells", 512, False),
+    ("touch_cells_64", 64, False),
+)
+
 
 def _cells_sql(table: str, grid: int, with_user: bool) -> str:
     user = "user_id, " if with_user else ""
@@ -98,8 +111,7 @@ INSERT INTO {table}
 SELECT screen_name, {user}campaign_id, event_type, toStartOfHour(timestamp) AS hour,
        {_CELL.format(v="x", g=grid)} AS cx, {_CELL.format(v="y", g=grid)} AS cy,
        count() AS events, toInt64(0) AS source_offset
-FROM raw_touch_events
-WHERE toStartOfHour(timestamp) = {{hour:DateTime('UTC')}}
+FROM raw_chunk
 GROUP BY screen_name, {user}campaign_id, event_type, hour, cx, cy
 """
 
@@ -107,14 +119,22 @@ GROUP BY screen_name, {user}campaign_id, event_type, hour, cx, cy
 def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
     fleet = Fleet(spec)
     client.command(RAW_DDL)
+    # A chunk is staged once, aggregated into the three tables (as a worker
+    # flush would be: each insert's rows aggregated, merges sum the rest),
+    # then appended to the raw table: every event is read twice, not once
+    # per hour and table.
+    client.command(
+        "CREATE TABLE raw_chunk AS raw_touch_events ENGINE = Memory",
+        settings={"max_execution_time": 0},
+    )
     users = pa.array([fleet.user_id(i) for i in range(spec.users)])
     screens = pa.array(fleet.screen_names)
     campaigns = pa.array(fleet.campaign_ids)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    timings = {"generate_s": 0.0, "load_raw_s": 0.0, "aggregate_s": 0.0}
     done = 0
     while done < events:
         n = min(CHUNK, events - done)
+        started = time.perf_counter()
         ev = fleet.events(n)
         table = pa.table(
             {
@@ -129,30 +149,26 @@ def load(client: Client, events: int, spec: FleetSpec) -> dict[str, float]:
                 "y": ev.y,
             }
         )
-        client.insert_arrow("raw_touch_events", table)
+        timings["generate_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        client.insert_arrow("raw_chunk", table)
+        client.command(
+            "INSERT INTO raw_touch_events SELECT * FROM raw_chunk",
+            settings={"max_execution_time": 0},
+        )
+        timings["load_raw_s"] += time.perf_counter() - started
+        started = time.perf_counter()
+        for name, grid, with_user in CELL_TABLES:
+            client.command(_cells_sql(name, grid, with_user), settings={"max_execution_time": 0})
+        timings["aggregate_s"] += time.perf_counter() - started
+        client.command("TRUNCATE TABLE raw_chunk")
         done += n
-        print(f"  raw rows {done:,}/{events:,} ({time.perf_counter() - started:.0f} s)", flush=True)
-    timings["load_raw_s"] = time.perf_counter() - started
-
+        print(f"  events {done:,}/{events:,} ({sum(timings.values()):.0f} s)", flush=True)
+    client.command("DROP TABLE raw_chunk")
     started = time.perf_counter()
-    hours = [
-        r[0]
-        for r in client.query(
-            "SELECT DISTINCT toStartOfHour(timestamp) FROM raw_touch_events ORDER BY 1"
-        ).result_rows
-    ]
-    for i, hour in enumerate(hours):
-        for table, grid, with_user in (
-            ("touch_cells_by_user", 512, True),
-            ("touch_cells", 512, False),
-            ("touch_cells_64", 64, False),
-        ):
-            client.command(_cells_sql(table, grid, with_user), parameters={"hour": hour})
-        print(f"  aggregated hour {i + 1}/{len(hours)}", flush=True)
-    timings["aggregate_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    for table in ("touch_cells_64", "touch_cells", "raw_touch_events"):
-        client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
+    # The steady state of data older than a few minutes: merged.
+    for name in ("touch_cells_64", "touch_cells", "touch_cells_by_user", "raw_touch_events"):
+        client.command(f"OPTIMIZE TABLE {name} FINAL", settings={"max_execution_time": 0})
     timings["optimize_s"] = time.perf_counter() - started
     return timings
 
@@ -166,21 +182,95 @@ def wait_for_merges(client: Client, timeout_s: float = 300) -> None:
         time.sleep(1)
 
 
-def disk(client: Client) -> dict[str, dict[str, int]]:
-    rows = client.query(
-        "SELECT table, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes), count() "
-        "FROM system.parts WHERE database = currentDatabase() AND active GROUP BY table"
-        # bytes_on_disk of a part includes its projections' files.
-    ).result_rows
-    return {
+def remove_codecs(client: Client) -> None:
+    """The reference store: the cell tables as before migration 020 (default LZ4)."""
+    for table, _, _ in CELL_TABLES:
+        columns = client.query(
+            "SELECT name FROM system.columns WHERE database = currentDatabase() "
+            "AND table = {t:String} AND compression_codec != ''",
+            parameters={"t": table},
+        ).result_rows
+        for (name,) in columns:
+            client.command(f"ALTER TABLE {table} MODIFY COLUMN {name} REMOVE CODEC")
+        client.command(f"ALTER TABLE {table} RESET SETTING default_compression_codec")
+
+
+def disk(client: Client) -> dict[str, dict[str, Any]]:
+    """Rows and bytes per table (system.parts; bytes_on_disk includes projections),
+    its projections (system.projection_parts) and columns (system.columns)."""
+    db = "database = currentDatabase()"
+    out: dict[str, dict[str, Any]] = {
         r[0]: {
             "rows": int(r[1]),
             "bytes_on_disk": int(r[2]),
-            "uncompressed": int(r[3]),
-            "parts": int(r[4]),
+            "compressed": int(r[3]),
+            "uncompressed": int(r[4]),
+            "parts": int(r[5]),
+            "projections": {},
+            "columns": {},
         }
-        for r in rows
+        for r in client.query(
+            "SELECT table, sum(rows), sum(bytes_on_disk), sum(data_compressed_bytes), "
+            f"sum(data_uncompressed_bytes), count() FROM system.parts WHERE {db} AND active "
+            "GROUP BY table"
+        ).result_rows
     }
+    for table, name, rows, on_disk, uncompressed in client.query(
+        "SELECT table, name, sum(rows), sum(bytes_on_disk), sum(data_uncompressed_bytes) "
+        f"FROM system.projection_parts WHERE {db} AND active GROUP BY table, name"
+    ).result_rows:
+        out[table]["projections"][name] = {
+            "rows": int(rows),
+            "bytes_on_disk": int(on_disk),
+            "uncompressed": int(uncompressed),
+        }
+    for table, name, codec, compressed, uncompressed in client.query(
+        "SELECT table, name, compression_codec, data_compressed_bytes, data_uncompressed_bytes "
+        f"FROM system.columns WHERE {db} AND data_uncompressed_bytes > 0 ORDER BY table, position"
+    ).result_rows:
+        if table in out:
+            out[table]["columns"][name] = {
+                "codec": codec or "default (LZ4)",
+                "compressed": int(compressed),
+                "uncompressed": int(uncompressed),
+            }
+    return out
+
+
+def print_disk(sizes: dict[str, dict[str, Any]], events: int) -> None:
+    """Per event: rows, bytes on disk, compressed and uncompressed, beside the raw table."""
+    print(
+        f"  {'table':22s} {'rows/ev':>8s} {'disk B/ev':>10s} {'compr B/ev':>11s} "
+        f"{'uncompr B/ev':>13s} {'MB':>8s} parts"
+    )
+    cells = 0
+    for table in ("raw_touch_events", *(t for t, _, _ in CELL_TABLES)):
+        info = sizes.get(table)
+        if info is None:
+            continue
+        if table != "raw_touch_events":
+            cells += info["bytes_on_disk"]
+        print(
+            f"  {table:22s} {info['rows'] / events:8.3f} {info['bytes_on_disk'] / events:10.2f} "
+            f"{info['compressed'] / events:11.2f} {info['uncompressed'] / events:13.2f} "
+            f"{info['bytes_on_disk'] / 1e6:8.1f} {info['parts']}"
+        )
+        for name, p in info["projections"].items():
+            print(
+                f"    projection {name:24s} rows/ev {p['rows'] / events:.3f}"
+                f"  disk B/ev {p['bytes_on_disk'] / events:.2f}"
+            )
+        for name, c in info["columns"].items():
+            print(
+                f"    {name:15s} {c['compressed'] / events:6.3f} B/ev"
+                f" (uncompressed {c['uncompressed'] / events:6.2f})  {c['codec']}"
+            )
+    raw = sizes.get("raw_touch_events", {}).get("bytes_on_disk", 0)
+    if raw and cells:
+        print(
+            f"  three cell tables {cells / events:.2f} B/ev = {cells / 1e6:.1f} MB; "
+            f"raw {raw / events:.2f} B/ev = {raw / 1e6:.1f} MB: {raw / cells:.2f}x smaller"
+        )
 
 
 @dataclass(frozen=True)
@@ -289,6 +379,58 @@ def pct(samples: list[float]) -> dict[str, float]:
         "max_ms": round(float(ms.max()), 2),
         "calls": len(samples),
     }
+
+
+def sql_timings(client: Client, spec: FleetSpec, calls: int, users_calls: int) -> dict[str, Any]:
+    """Each shape's cell statement (and, for ALL_USERS, the unique-users one) in SQL
+    alone: what a column codec can change, without the gRPC answer around it."""
+    out: dict[str, Any] = {}
+    for shape in shapes(client, spec):
+        plans = [
+            heatmap_query.plan(heatmap_query.parse_request(r), 200_000) for r in shape.requests
+        ]
+        users = [
+            heatmap_query.plan_unique_users(heatmap_query.parse_request(r))
+            for r in shape.requests
+            if r.mode != pb.PER_USER
+        ]
+        timing: dict[str, Any] = {}
+        for name, batch, n in (
+            ("cells_sql", plans, calls),
+            ("unique_users_sql", users, users_calls),
+        ):
+            if not batch or n <= 0:
+                continue
+            samples = []
+            for i in range(n + 2):  # two warm-up calls
+                plan = batch[i % len(batch)]
+                started = time.perf_counter()
+                client.query(plan.sql, parameters=plan.parameters)
+                if i >= 2:
+                    samples.append(time.perf_counter() - started)
+            timing[name] = pct(samples)
+        out[shape.name] = timing
+        print(f"  {shape.name:28s} {timing}", flush=True)
+    return out
+
+
+def compare_codecs(client: Client, spec: FleetSpec, args: argparse.Namespace) -> dict[str, Any]:
+    """The same data in the same run, with migration 020's codecs and without
+    (every part rewritten by OPTIMIZE FINAL after the codecs are removed)."""
+    print("SQL alone, with the codecs of the schema", flush=True)
+    with_codecs = sql_timings(client, spec, args.raw_calls, args.codec_users_calls)
+    remove_codecs(client)
+    started = time.perf_counter()
+    for table, _, _ in CELL_TABLES:
+        client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
+    rewrite_s = time.perf_counter() - started
+    wait_for_merges(client)
+    sizes = disk(client)
+    print(f"without codecs (every part rewritten, {rewrite_s:.0f} s):", flush=True)
+    print_disk(sizes, int(client.query("SELECT count() FROM raw_touch_events").result_rows[0][0]))
+    print("SQL alone, without codecs", flush=True)
+    without = sql_timings(client, spec, args.raw_calls, args.codec_users_calls)
+    return {"with_codecs": with_codecs, "without_codecs": without, "tables_without": sizes}
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], calls: int, warmup: int = 3) -> list[float]:
@@ -464,6 +606,21 @@ def main(argv: list[str] | None = None) -> int:
         "--fleet", choices=FLEET_KINDS, default="synthetic", help="workload (docs/fleets.md)"
     )
     parser.add_argument(
+        "--codecs",
+        choices=("schema", "none"),
+        default="schema",
+        help="none: the cell tables without migration 020's codecs (the reference)",
+    )
+    parser.add_argument(
+        "--compare-codecs",
+        action="store_true",
+        help="after the measurements, time the statements in SQL, remove the codecs, "
+        "rewrite every part and time them again (sizes of both, same data, same run)",
+    )
+    parser.add_argument(
+        "--codec-users-calls", type=int, default=5, help="unique-users SQL calls per shape there"
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         default=None,
@@ -488,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         migrate(ch)
         client = connect(ch)
         try:
+            if args.codecs == "none":
+                remove_codecs(client)
             loaded = client.query(
                 "SELECT sum(rows) FROM system.parts WHERE database = currentDatabase() "
                 "AND table = 'raw_touch_events' AND active"
@@ -500,13 +659,13 @@ def main(argv: list[str] | None = None) -> int:
                 timings = load(client, args.events, spec)
             wait_for_merges(client)
             sizes = disk(client)
-            for table, info in sorted(sizes.items()):
-                mib = info["bytes_on_disk"] / 2**20
-                print(
-                    f"  {table:22s} rows {info['rows']:>12,}  {mib:9.1f} MiB  parts {info['parts']}"
-                )
+            loaded_events = int(
+                client.query("SELECT count() FROM raw_touch_events").result_rows[0][0]
+            )
+            print_disk(sizes, loaded_events)
             print("measuring (gRPC QueryHeatmapData on cells vs SQL on raw events)", flush=True)
             results = asyncio.run(measure(settings, client, tmp, args, spec))
+            codecs = compare_codecs(client, spec, args) if args.compare_codecs else {}
         finally:
             client.close()
     print(
@@ -515,9 +674,11 @@ def main(argv: list[str] | None = None) -> int:
                 "load_average": os.getloadavg(),
                 "events": args.events,
                 "fleet": args.fleet,
+                "codecs": args.codecs,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,
                 "shapes": results,
+                "codec_comparison": codecs,
             }
         )
     )
