@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import grpc
@@ -156,6 +157,22 @@ def _json_of(message: Message) -> Any:
     return json.loads(json_format.MessageToJson(message))
 
 
+def _unsigned(message: Message) -> Message:
+    """The message with each screenshot's presigned URL cut to its object path:
+    the signature carries the second it was made, so two calls straddling a
+    second differ there and nowhere else."""
+    shots: list[pb.ScreenScreenshot] = []
+    if isinstance(message, pb.ListScreenshotsResponse):
+        shots = list(message.screenshots)
+    elif isinstance(message, pb.GetScreenshotResponse):
+        shots = [message.screenshot]
+    for shot in shots:
+        if shot.download_url:
+            assert "X-Amz-Signature=" in shot.download_url
+            shot.download_url = urlsplit(shot.download_url).path
+    return message
+
+
 async def test_connect_json_and_binary_equal_grpc(settings: Settings) -> None:
     insert_events(settings.clickhouse, _events())
     async with stack(settings) as s:
@@ -205,15 +222,15 @@ async def test_connect_json_and_binary_equal_grpc(settings: Settings) -> None:
             ),
         ]
         for method, request, grpc_call in requests:
-            via_grpc = await grpc_call(request, metadata=md)
+            via_grpc = _unsigned(await grpc_call(request, metadata=md))
             status, body, headers = await s.connect_json(method, _json_of(request))
             assert status == 200, body
             assert headers["Content-Type"] == "application/json"
-            assert body == _json_of(via_grpc), method
-            parsed = json_format.ParseDict(body, type(via_grpc)())
+            parsed = _unsigned(json_format.ParseDict(body, type(via_grpc)()))
+            assert _json_of(parsed) == _json_of(via_grpc), method
             assert parsed == via_grpc
             raw = await s.connect_proto(method, request)
-            assert type(via_grpc).FromString(raw) == via_grpc, method
+            assert _unsigned(type(via_grpc).FromString(raw)) == via_grpc, method
         # The screens list is what the data says: Home with 40 and a screenshot, Cart 7 without.
         status, body, _ = await s.connect_json("ListScreens", {})
         assert [

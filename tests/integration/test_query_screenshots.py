@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import time
@@ -18,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS
 from heatmap.settings import ClickHouseSettings, S3Settings, Settings
+from heatmap_cli.cli import _parser as cli_parser
 from heatmap_devtools.localinfra.seaweedfs import SeaweedS3
 from query_api import render_cli
 from query_api.backdrops import backdrop_size
@@ -221,15 +221,9 @@ async def test_render_over_newest_screenshot_and_blank_canvas(
 
         # `heatmap render` against the same server.
         out = tmp_path / "home.png"
-        args = argparse.Namespace(
-            target=target,
-            screen="Home",
-            out=out,
-            campaign="",
-            grid_size=64,
-            width=200,
-            screenshot_id="",
-            token=None,
+        # Parsed by the real command line, so every option has its default.
+        args = cli_parser().parse_args(
+            ["render", "--target", target, "--screen", "Home", "--out", str(out), "--width", "200"]
         )
         assert await asyncio.to_thread(render_cli.run, settings, args) == 0
         with Image.open(out) as written:

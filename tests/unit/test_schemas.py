@@ -42,7 +42,8 @@ def test_migrations_are_numbered_and_split() -> None:
     versions = [m.version for m in migrations]
     # Unique and in order; ranges are handed out per piece of work (010-019:
     # privacy), so a number may be skipped.
-    assert versions == sorted(set(versions)) and versions[0] == 1
+    assert versions == sorted(set(versions))
+    assert versions[0] == 1
     for migration in migrations:
         assert migration.statements
         assert all(s.upper().startswith(("CREATE", "ALTER")) for s in migration.statements)
