@@ -15,6 +15,7 @@ left out of that table's rows. See docs/exactly-once.md.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,10 @@ def aggregate(
     hours, hour_code = np.unique(hour_s, return_inverse=True)
     hour_code = hour_code.astype(np.int64)
     hour_month = yyyymm(hours)
-    single_month = bool(hour_month[0] == hour_month[-1])  # hours are sorted
+    # Hours are sorted, so months are too: the month's rank leads the grouping
+    # key, and each month's rows come out as one contiguous slice (no copies).
+    months, month_of_hour = np.unique(hour_month, return_inverse=True)
+    month_code = month_of_hour.astype(np.int64)[hour_code] if len(months) > 1 else None
     cell_x, cell_y = cells(x, BASE_GRID), cells(y, BASE_GRID)
     user = user_of_record[record_of_event]
     markers = {int(p): int(offsets[partitions == p].max()) for p in np.unique(partitions)}
@@ -215,7 +219,10 @@ def aggregate(
             spec.name, watermarks, partitions, offsets, record_of_event, hour_code, hour_month
         )
         shift = int(np.log2(BASE_GRID // spec.grid))
-        fields: list[tuple[IntArray, int]] = [(screen, len(screens.codes))]
+        fields: list[tuple[IntArray, int]] = []
+        if month_code is not None:
+            fields.append((month_code, len(months)))
+        fields.append((screen, len(screens.codes)))
         if spec.per_user:
             fields.append((user, len(users.codes)))
         fields += [
@@ -230,14 +237,16 @@ def aggregate(
             if not len(fields[0][0]):
                 continue
         grouped, counts = _group(fields)
-        if single_month:  # the usual case: no per-month copies of the columns
-            parts = [(int(hour_month[0]), grouped, counts)]
+        if month_code is None:  # the usual case: one month
+            parts = [(int(months[0]), grouped, counts)]
         else:
-            row_month = hour_month[grouped[-3]]
-            parts = []
-            for month in np.unique(row_month):
-                select = row_month == month
-                parts.append((int(month), [g[select] for g in grouped], counts[select]))
+            row_month, grouped = grouped[0], grouped[1:]
+            bounds = np.searchsorted(row_month, np.arange(len(months) + 1))
+            parts = [
+                (int(months[m]), [g[a:b] for g in grouped], counts[a:b])
+                for m, (a, b) in enumerate(itertools.pairwise(bounds.tolist()))
+                if b > a
+            ]
         for month, month_rows, month_counts in parts:
             blocks.append(
                 _block(
