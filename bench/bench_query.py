@@ -31,9 +31,10 @@ In its own process with its own temporary chDB path:
    calls each). Answers are checked equal first.
 4. The per-(screen, cell) projections of migration 003 are part of the
    schema; ClickHouse uses them for the whole-range shapes by itself.
-5. ``--compare-codecs``: each shape's statements in SQL alone, then the
-   codecs removed and every part rewritten (OPTIMIZE FINAL), sizes and the
-   same SQL timings again: both codec sets on the same data in one run.
+5. ``--compare-codecs``: copies of the cell tables without migration 020's
+   codecs (``--codecs none``), filled with the same rows and OPTIMIZEd alike;
+   sizes of both, and each shape's statements run on both interleaved, call
+   after call (wall and CPU time): both codec sets on the same data in one run.
 
 Prints a table and a JSON line: p50/p99 per shape, the raw/cells ratio, and
 rows and bytes on disk per table (system.parts). Target: ALL_USERS at grid 64
@@ -51,6 +52,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -182,9 +184,10 @@ def wait_for_merges(client: Client, timeout_s: float = 300) -> None:
         time.sleep(1)
 
 
-def remove_codecs(client: Client) -> None:
+def remove_codecs(client: Client, prefix: str = "") -> None:
     """The reference store: the cell tables as before migration 020 (default LZ4)."""
-    for table, _, _ in CELL_TABLES:
+    for cell_table, _, _ in CELL_TABLES:
+        table = prefix + cell_table
         columns = client.query(
             "SELECT name FROM system.columns WHERE database = currentDatabase() "
             "AND table = {t:String} AND compression_codec != ''",
@@ -381,56 +384,99 @@ def pct(samples: list[float]) -> dict[str, float]:
     }
 
 
-def sql_timings(client: Client, spec: FleetSpec, calls: int, users_calls: int) -> dict[str, Any]:
-    """Each shape's cell statement (and, for ALL_USERS, the unique-users one) in SQL
-    alone: what a column codec can change, without the gRPC answer around it."""
+REFERENCE = "lz4_"  # prefix of the copies without codecs in --compare-codecs
+_CELL_TABLE = re.compile(r"\b(touch_cells_by_user|touch_cells_64|touch_cells)\b")
+
+
+def interleaved(client: Client, spec: FleetSpec, calls: int, users_calls: int) -> dict[str, Any]:
+    """Each shape's statements on the tables with codecs and on their copies
+    without, call after call (the order swapped every call), wall and CPU time
+    (this process: chDB's threads included) per statement."""
     out: dict[str, Any] = {}
     for shape in shapes(client, spec):
-        plans = [
-            heatmap_query.plan(heatmap_query.parse_request(r), 200_000) for r in shape.requests
-        ]
-        users = [
-            heatmap_query.plan_unique_users(heatmap_query.parse_request(r))
-            for r in shape.requests
-            if r.mode != pb.PER_USER
-        ]
-        timing: dict[str, Any] = {}
-        for name, batch, n in (
-            ("cells_sql", plans, calls),
-            ("unique_users_sql", users, users_calls),
-        ):
-            if not batch or n <= 0:
-                continue
-            samples = []
-            for i in range(n + 2):  # two warm-up calls
-                plan = batch[i % len(batch)]
-                started = time.perf_counter()
-                client.query(plan.sql, parameters=plan.parameters)
-                if i >= 2:
-                    samples.append(time.perf_counter() - started)
-            timing[name] = pct(samples)
-        out[shape.name] = timing
-        print(f"  {shape.name:28s} {timing}", flush=True)
+        requests = [heatmap_query.parse_request(r) for r in shape.requests]
+        kinds = [("cells_sql", [heatmap_query.plan(r, 200_000) for r in requests], calls)]
+        if shape.requests[0].mode != pb.PER_USER:
+            kinds.append(
+                (
+                    "unique_users_sql",
+                    [heatmap_query.plan_unique_users(r) for r in requests],
+                    users_calls,
+                )
+            )
+        for kind, plans, n in kinds:
+            samples: dict[str, dict[str, list[float]]] = {
+                side: {"wall": [], "cpu": []} for side in ("codecs", "lz4")
+            }
+            for i in range(n + 2):  # two warm-up rounds
+                plan = plans[i % len(plans)]
+                sides = [
+                    ("codecs", plan.sql),
+                    ("lz4", _CELL_TABLE.sub(REFERENCE + r"\1", plan.sql)),
+                ]
+                for side, sql in sides if i % 2 else sides[::-1]:
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    client.query(sql, parameters=plan.parameters)
+                    if i >= 2:
+                        samples[side]["wall"].append(time.perf_counter() - wall)
+                        samples[side]["cpu"].append(time.process_time() - cpu)
+            result = {
+                side: {"wall": pct(v["wall"]), "cpu": pct(v["cpu"])} for side, v in samples.items()
+            }
+            out[f"{shape.name}/{kind}"] = result
+            c, r = result["codecs"], result["lz4"]
+            print(
+                f"  {shape.name:28s} {kind:17s} CPU p50 {c['cpu']['p50_ms']:8.2f} vs "
+                f"{r['cpu']['p50_ms']:8.2f} ms | wall p50 {c['wall']['p50_ms']:8.2f} vs "
+                f"{r['wall']['p50_ms']:8.2f}  p99 {c['wall']['p99_ms']:8.2f} vs "
+                f"{r['wall']['p99_ms']:8.2f} ms (codecs vs LZ4)",
+                flush=True,
+            )
     return out
 
 
 def compare_codecs(client: Client, spec: FleetSpec, args: argparse.Namespace) -> dict[str, Any]:
-    """The same data in the same run, with migration 020's codecs and without
-    (every part rewritten by OPTIMIZE FINAL after the codecs are removed)."""
-    print("SQL alone, with the codecs of the schema", flush=True)
-    with_codecs = sql_timings(client, spec, args.raw_calls, args.codec_users_calls)
-    remove_codecs(client)
+    """Copies of the cell tables without migration 020's codecs, filled from
+    the same rows and merged alike, beside the tables: sizes of both and the
+    same statements interleaved on both, in one run."""
     started = time.perf_counter()
     for table, _, _ in CELL_TABLES:
-        client.command(f"OPTIMIZE TABLE {table} FINAL", settings={"max_execution_time": 0})
-    rewrite_s = time.perf_counter() - started
+        client.command(f"CREATE TABLE {REFERENCE}{table} AS {table}")
+    remove_codecs(client, REFERENCE)
+    for table, _, _ in CELL_TABLES:
+        client.command(
+            f"INSERT INTO {REFERENCE}{table} SELECT * FROM {table}",
+            settings={"max_execution_time": 0},
+        )
+        client.command(
+            f"OPTIMIZE TABLE {REFERENCE}{table} FINAL", settings={"max_execution_time": 0}
+        )
     wait_for_merges(client)
     sizes = disk(client)
-    print(f"without codecs (every part rewritten, {rewrite_s:.0f} s):", flush=True)
-    print_disk(sizes, int(client.query("SELECT count() FROM raw_touch_events").result_rows[0][0]))
-    print("SQL alone, without codecs", flush=True)
-    without = sql_timings(client, spec, args.raw_calls, args.codec_users_calls)
-    return {"with_codecs": with_codecs, "without_codecs": without, "tables_without": sizes}
+    events = int(client.query("SELECT count() FROM raw_touch_events").result_rows[0][0])
+    print(f"codecs vs none, same rows ({time.perf_counter() - started:.0f} s to copy):")
+    total = {"codecs": 0, "lz4": 0}
+    for table, _, _ in CELL_TABLES:
+        with_c, without = sizes[table], sizes[REFERENCE + table]
+        total["codecs"] += with_c["bytes_on_disk"]
+        total["lz4"] += without["bytes_on_disk"]
+        print(
+            f"  {table:22s} disk B/ev {with_c['bytes_on_disk'] / events:6.2f} with codecs, "
+            f"{without['bytes_on_disk'] / events:6.2f} without "
+            f"({without['bytes_on_disk'] / with_c['bytes_on_disk']:.2f}x)"
+        )
+    raw = sizes["raw_touch_events"]["bytes_on_disk"]
+    print(
+        f"  three cell tables {total['codecs'] / events:.2f} B/ev with codecs "
+        f"({raw / total['codecs']:.2f}x smaller than raw), {total['lz4'] / events:.2f} without "
+        f"({raw / total['lz4']:.2f}x)",
+        flush=True,
+    )
+    print("the same statements, interleaved:", flush=True)
+    timings = interleaved(client, spec, args.raw_calls, args.codec_users_calls)
+    for table, _, _ in CELL_TABLES:
+        client.command(f"DROP TABLE {REFERENCE}{table}")
+    return {"tables": {k: v for k, v in sizes.items() if k.startswith(REFERENCE)}, "sql": timings}
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], calls: int, warmup: int = 3) -> list[float]:
@@ -614,8 +660,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-codecs",
         action="store_true",
-        help="after the measurements, time the statements in SQL, remove the codecs, "
-        "rewrite every part and time them again (sizes of both, same data, same run)",
+        help="after the measurements, copies of the cell tables without codecs: sizes of "
+        "both, and the statements interleaved on both (same data, same run)",
     )
     parser.add_argument(
         "--codec-users-calls", type=int, default=5, help="unique-users SQL calls per shape there"
