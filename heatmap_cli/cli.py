@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(".heatmap-dev"),
         help="where Kafka, chDB, screenshots and the dev JWT secret live (default: .heatmap-dev)",
     )
+    dev.add_argument(
+        "--no-demo",
+        dest="demo",
+        action="store_false",
+        help="do not load the demo data set (6 screens, screenshots, 200k events) "
+        "into a new data dir",
+    )
 
     sub.add_parser("gateway", help="the ingest gateway (IngestTouchEvents), configured by env")
     sub.add_parser("worker", help="a stream worker (Kafka -> ClickHouse), configured by env")
@@ -321,7 +328,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from heatmap_cli.dev import run as run_dev
 
         return run_dev(
-            settings, grpc_port=args.grpc_port, data_dir=args.data_dir, http_port=args.http_port
+            settings,
+            grpc_port=args.grpc_port,
+            data_dir=args.data_dir,
+            http_port=args.http_port,
+            demo=args.demo,
         )
     if command == "migrate":
         return _migrate(settings, args.cluster, args.create_readonly_user)

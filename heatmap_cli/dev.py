@@ -77,7 +77,19 @@ def dev_settings(settings: Settings, data_dir: Path, grpc_port: int) -> Settings
     )
 
 
-def run(settings: Settings, *, grpc_port: int, data_dir: Path, http_port: int | None = None) -> int:
+DEMO_EVENTS = 200_000
+# Written once the demo data set is in: later starts on the data dir leave it alone.
+DEMO_MARKER = "demo-data-loaded"
+
+
+def run(
+    settings: Settings,
+    *,
+    grpc_port: int,
+    data_dir: Path,
+    http_port: int | None = None,
+    demo: bool = True,
+) -> int:
     # Every port we were told to use, before anything starts: a taken one is
     # a one-line error naming the option, not a traceback after the broker.
     ensure_free("--grpc-port", DEV_HOST, grpc_port)
@@ -104,7 +116,7 @@ def run(settings: Settings, *, grpc_port: int, data_dir: Path, http_port: int | 
             applied = migrate(settings.clickhouse)
             if applied:
                 logger.info("ClickHouse schema: applied %s", ", ".join(applied))
-            asyncio.run(_serve(settings, http_port, http_setting))
+            asyncio.run(_serve(settings, http_port, http_setting, demo))
         finally:
             if broker is not None:
                 broker.stop()
@@ -137,7 +149,7 @@ def _own_data_dir(data_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-async def _serve(settings: Settings, http_port: int, http_setting: str) -> None:
+async def _serve(settings: Settings, http_port: int, http_setting: str, demo: bool) -> None:
     # Imported here: each stage pulls in its own heavy dependencies (faust...).
     from ingest_gateway.app import Gateway
     from query_api.app import QueryService
@@ -167,8 +179,18 @@ async def _serve(settings: Settings, http_port: int, http_setting: str) -> None:
         )
         components.append(explorer)
 
+    loading: list[asyncio.Task[None]] = []
+
     def banner(port: int) -> None:
         assert settings.auth.jwt_secret is not None
+        assert settings.data_dir is not None
+        marker = settings.data_dir / DEMO_MARKER
+        if demo and not marker.exists():
+            target = f"{DEV_HOST}:{port}"
+            secret = settings.auth.jwt_secret
+            loading.append(
+                asyncio.get_running_loop().create_task(_load_demo(target, secret, marker))
+            )
         token = mint_token(
             settings.auth.jwt_secret, "dev-user", [VIEW_HEATMAPS, MANAGE_HEATMAPS], 7 * 24 * 3600
         )
@@ -200,4 +222,22 @@ async def _serve(settings: Settings, http_port: int, http_setting: str) -> None:
             on_ready=banner,
         )
     finally:
+        for task in loading:
+            task.cancel()
+        await asyncio.gather(*loading, return_exceptions=True)
         clickhouse.close()
+
+
+async def _load_demo(target: str, secret: str, marker: Path) -> None:
+    """The demo data set into a new data dir, through the public API, so the
+    explorer's first view is a heatmap and not an empty list."""
+    from heatmap_devtools.demo import load_demo_data
+
+    logger.info("demo data: loading 6 screens and %d events (--no-demo skips this)", DEMO_EVENTS)
+    try:
+        report = await load_demo_data(target, secret, DEMO_EVENTS, quiet=True)
+    except Exception:  # the server is serving: a failed demo must not stop it
+        logger.exception("demo data: not loaded")
+        return
+    await asyncio.to_thread(marker.write_text, f"{report.accepted_events}\n")
+    logger.info("demo data: %d events accepted", report.accepted_events)

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.settings import Settings, SettingsError
 from heatmap_devtools.fleet import Fleet, FleetSpec
-from heatmap_devtools.loadgen import build_requests, print_report, send_load
+from heatmap_devtools.loadgen import LoadReport, build_requests, print_report, send_load
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 WIDTH, HEIGHT = 540, 960
@@ -68,21 +68,31 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_demo(args.target, secret, out, args.events))
 
 
-async def _demo(target: str, secret: str, out: Path, events: int) -> int:
-    fleet = Fleet(FleetSpec(users=500, screens=6, seed=11))
-    analyst = (
-        (
-            "authorization",
-            "Bearer " + mint_token(secret, "demo-analyst", [VIEW_HEATMAPS, MANAGE_HEATMAPS]),
-        ),
-    )
-    async with grpc.aio.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", 16 << 20),
-            ("grpc.max_receive_message_length", 16 << 20),
-        ],
-    ) as channel:
+def demo_fleet() -> Fleet:
+    return Fleet(FleetSpec(users=500, screens=6, seed=11))
+
+
+def analyst_metadata(secret: str) -> tuple[tuple[str, str], ...]:
+    token = mint_token(secret, "demo-analyst", [VIEW_HEATMAPS, MANAGE_HEATMAPS])
+    return (("authorization", "Bearer " + token),)
+
+
+def channel_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.max_receive_message_length", 16 << 20),
+    ]
+
+
+async def load_demo_data(
+    target: str, secret: str, events: int, *, quiet: bool = False
+) -> LoadReport:
+    """Upload a mock screenshot per demo screen and send ``events`` fleet events
+    through the public API; the report says what was accepted. ``heatmap dev``
+    calls this on a new data dir, so its explorer has something to show."""
+    fleet = demo_fleet()
+    analyst = analyst_metadata(secret)
+    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
         stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         for screen in range(len(fleet.screen_names)):
             png = mock_screenshot(fleet, screen)
@@ -95,22 +105,31 @@ async def _demo(target: str, secret: str, out: Path, events: int) -> int:
                 ),
                 metadata=analyst,
             )
-            print(f"uploaded {fleet.screen_names[screen]}: {reply.screenshot.screenshot_id}")
+            if not quiet:
+                print(f"uploaded {fleet.screen_names[screen]}: {reply.screenshot.screenshot_id}")
+    batch = 500
+    requests = build_requests(fleet, max(1, events // batch), batch)
+    tokens = [mint_token(secret, fleet.user_id(i), []) for i in range(200)]
+    return await send_load(
+        target,
+        requests,
+        tokens,
+        rate=50_000,
+        duration_s=events / 50_000,
+        batch_size=batch,
+        concurrency=8,
+        progress=False if quiet else None,
+        stop_after_s=DEMO_SEND_LIMIT_S,  # a slow machine still gets every screen
+    )
 
+
+async def _demo(target: str, secret: str, out: Path, events: int) -> int:
+    fleet = demo_fleet()
+    analyst = analyst_metadata(secret)
+    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
         before = await _total(stub, analyst, fleet.screen_names)
-        batch = 500
-        requests = build_requests(fleet, max(1, events // batch), batch)
-        tokens = [mint_token(secret, fleet.user_id(i), []) for i in range(200)]
-        report = await send_load(
-            target,
-            requests,
-            tokens,
-            rate=50_000,
-            duration_s=events / 50_000,
-            batch_size=batch,
-            concurrency=8,
-            stop_after_s=DEMO_SEND_LIMIT_S,  # a slow machine still gets every screen
-        )
+        report = await load_demo_data(target, secret, events)
         print_report(report)
         if not report.accepted_events:
             print("no events were accepted (see the summary above)", file=sys.stderr)

@@ -24,16 +24,23 @@ class DevProcess:
     ``metrics=True`` leaves ``HEATMAP_METRICS_PORT`` unset: the instance picks
     a free port and prints it (``metrics_url``); otherwise metrics are off.
     The explorer's HTTP port is off unless ``extra_env`` sets
-    ``HEATMAP_HTTP_PORT``: two instances must never both want 8080.
+    ``HEATMAP_HTTP_PORT``: two instances must never both want 8080. The demo
+    data set is loaded only with ``demo=True``: tests count their own events.
     """
 
     def __init__(
-        self, data_dir: Path, extra_env: dict[str, str] | None = None, *, metrics: bool = False
+        self,
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        metrics: bool = False,
+        demo: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.extra_env = extra_env or {}
         self.metrics = metrics
+        self.demo = demo
         self._log_start = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-dev.log"
@@ -67,6 +74,7 @@ class DevProcess:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *([] if self.demo else ["--no-demo"]),
             ],
             env=env,
             stdout=log,
