@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from playwright.sync_api import sync_playwright
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap_cli.dev import DEMO_EVENTS, DEMO_MARKER
@@ -19,6 +20,7 @@ from heatmap_devtools.localinfra.process import free_port
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 
 pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; deploy/local/install-test-tools.sh installs it
 
 
 def screens(dev: DevProcess) -> dict[str, tuple[int, bool]]:
@@ -54,12 +56,28 @@ def test_new_data_dir_opens_on_the_demo_data(tmp_path: Path) -> None:
         assert sum(n for n, _ in found.values()) == DEMO_EVENTS
         assert all(has_shot for _, has_shot in found.values())
         # The URL the banner prints serves the page the newcomer opens.
-        match = re.search(r"explorer:\s+(http://\S+/explorer/)#token=\S+", dev.run_log())
+        match = re.search(r"explorer:\s+((http://\S+/explorer/)#token=\S+)", dev.run_log())
         assert match, dev.log()
-        with urllib.request.urlopen(match.group(1), timeout=10) as page:
+        with urllib.request.urlopen(match.group(2), timeout=10) as page:
             assert page.status == 200
             assert b"Heatmap explorer" in page.read()
         assert (tmp_path / "data" / DEMO_MARKER).read_text().strip() == str(DEMO_EVENTS)
+        # In a real browser, the banner's URL (token in the fragment) opens on
+        # the busiest screen's heatmap, not on an empty frame.
+        busiest = max(found, key=lambda name: found[name][0])
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(match.group(1))
+                page.wait_for_function(
+                    "() => window.__heatmap && window.__heatmap.drawn > 0"
+                    " && !window.__heatmap.busy && window.__heatmap.last.kind === 'drawn'"
+                )
+                assert page.locator("#view-title").inner_text() == busiest
+                assert page.get_attribute("#view-a", "data-total") == str(found[busiest][0])
+            finally:
+                browser.close()
     finally:
         dev.stop()
 

@@ -90,7 +90,7 @@ function showSignIn(message) {
   settled({ kind: "signin", message: message ?? "" });
 }
 
-function signIn(newToken) {
+async function signIn(newToken) {
   token = newToken.trim().replace(/^Bearer\s+/i, "");
   sessionStorage.setItem(TOKEN_KEY, token);
   $("#signin").hidden = true;
@@ -98,7 +98,19 @@ function signIn(newToken) {
   $("#sign-out").hidden = false;
   const sub = claims(token).sub;
   $("#whoami").textContent = sub ? `Signed in as ${sub}` : "Signed in";
-  loadScreens();
+  if (state.screen) {
+    loadScreens();
+    refresh();
+    return;
+  }
+  // No screen in the link: open on the busiest one (the list is by touches),
+  // so a first visit shows a heatmap rather than an empty frame.
+  await loadScreens();
+  if (!state.screen && screens.length) {
+    state = { ...state, screen: screens[0].name };
+    history.replaceState(null, "", location.pathname + writeState(state));
+    renderScreens();
+  }
   refresh();
 }
 
