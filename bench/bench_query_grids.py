@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import statistics
 import sys
@@ -30,11 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from heatmap.auth import VIEW_HEATMAPS, mint_token
+from bench.bench_query import SECRET, Shape, client_process
 from heatmap.clickhouse import connect, migrate
 from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
@@ -42,49 +40,10 @@ from query_api import heatmap_query
 from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
-from schemas.heatmap.v1 import heatmap_pb2_grpc
 
-SECRET = "bench-secret-0123456789-0123456789-abcdef"
 GRIDS = (8, 64, 512)
+# bench_query.run_client warms up with the same number of calls.
 WARMUP = 3
-
-
-def run_client(target: str, request: str, calls: int) -> int:
-    """--client mode: ``calls`` timed QueryHeatmapData calls after the warm-up."""
-    message = pb.QueryHeatmapDataRequest.FromString(base64.b64decode(request))
-    metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
-    latencies = []
-    with grpc.insecure_channel(
-        target, options=[("grpc.max_receive_message_length", 64 << 20)]
-    ) as ch:
-        stub = heatmap_pb2_grpc.HeatmapServiceStub(ch)
-        for i in range(WARMUP + calls):
-            started = time.perf_counter()
-            stub.QueryHeatmapData(message, metadata=metadata, timeout=120)
-            if i >= WARMUP:
-                latencies.append(time.perf_counter() - started)
-    print(json.dumps(latencies))
-    return 0
-
-
-async def _grpc_calls(port: int, request: pb.QueryHeatmapDataRequest, calls: int) -> list[float]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.bench_query_grids",
-        "--client",
-        f"127.0.0.1:{port}",
-        "--request",
-        base64.b64encode(request.SerializeToString()).decode(),
-        "--calls",
-        str(calls),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"client process failed ({child.returncode})")
-    latencies: list[float] = json.loads(out.decode().strip().splitlines()[-1])
-    return latencies
 
 
 async def _cpu_per_call(
@@ -138,7 +97,8 @@ async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any
                 async def grpc_phase(
                     r: pb.QueryHeatmapDataRequest = request, n: int = calls
                 ) -> list[float]:
-                    return await _grpc_calls(port, r, n)
+                    shape = Shape(f"grid{r.grid_size}", [r], raw_sql="", raw_params=[])
+                    return await client_process(port, shape, n, tmp)
 
                 async def sql_phase(p: heatmap_query.Plan = plan, n: int = calls) -> list[float]:
                     out = []
@@ -181,11 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="chDB dir loaded by bench.bench_query --keep")
     parser.add_argument("--calls", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--request", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.client:
-        return run_client(args.client, args.request, args.calls)
     if args.keep is None:
         parser.error("--keep DIR is required (load it with python -m bench.bench_query --keep DIR)")
     ch = ClickHouseSettings(url=f"chdb://{args.keep}", database="bench", max_execution_time_s=120)
