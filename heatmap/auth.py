@@ -76,9 +76,30 @@ def reset_principal(token: contextvars.Token[Principal]) -> None:
     _principal.reset(token)
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified: who it names, and what its verification depended on."""
+
+    principal: Principal
+    alg: str
+    kid: str | None
+    key: Any  # the key object it verified with: a rotated-out key is another object
+    valid_until: float  # exp + leeway (PyJWT: expired once exp <= now - leeway)
+
+
 class Authenticator:
-    def __init__(self, settings: AuthSettings) -> None:
+    """Verifies bearer tokens. A token that verified is remembered (up to
+    ``verified_cache_size`` of them, oldest dropped first) until its ``exp``:
+    apart from ``exp`` the verdict is a pure function of the token's bytes, the
+    settings and the key, so a cached verdict is used only while the key the
+    token names is still the very key object it verified with (a JWKS refresh
+    or rotation yields new objects and so a fresh verification, and a key that
+    left the set stops verifying). Failures are never cached."""
+
+    def __init__(self, settings: AuthSettings, verified_cache_size: int = 4096) -> None:
         self._settings = settings
+        self._verified: dict[str, _Verified] = {}
+        self._cache_size = verified_cache_size
         self._hmac_algs = [a for a in settings.jwt_algorithms if a.startswith("HS")]
         self._public_algs = [a for a in settings.jwt_algorithms if not a.startswith("HS")]
         self._public_key = (
@@ -96,27 +117,47 @@ class Authenticator:
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         """The caller; a JWKS key not cached yet is fetched here (blocking)."""
-        token, alg, kid = self._header(metadata)
+        token = _bearer_token(metadata)
+        known = self._remembered(token)
+        if known is not None:
+            return known
+        alg, kid = self._header(token)
         if kid is not None:
             assert self._jwks is not None
-            return self._verify(token, self._jwks.get_blocking(kid), alg)
-        return self._verify(token, self._static_key(alg), alg)
+            return self._verify(token, self._jwks.get_blocking(kid), alg, kid)
+        return self._verify(token, self._static_key(alg), alg, kid)
 
     async def authenticate_async(
         self, metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Principal:
         """The caller, without blocking the event loop on a JWKS fetch."""
-        token, alg, kid = self._header(metadata)
+        token = _bearer_token(metadata)
+        known = self._remembered(token)
+        if known is not None:
+            return known
+        alg, kid = self._header(token)
         if kid is not None:
             assert self._jwks is not None
-            return self._verify(token, await self._jwks.get(kid), alg)
-        return self._verify(token, self._static_key(alg), alg)
+            return self._verify(token, await self._jwks.get(kid), alg, kid)
+        return self._verify(token, self._static_key(alg), alg, kid)
 
-    def _header(
-        self, metadata: Iterable[tuple[str, str | bytes]] | None
-    ) -> tuple[str, str, str | None]:
-        """(token, alg, the kid to look up in the JWKS or None for a configured key)."""
-        token = _bearer_token(metadata)
+    def _remembered(self, token: str) -> Principal | None:
+        """The principal of a token that verified before, if that verdict still holds."""
+        known = self._verified.get(token)
+        if known is None:
+            return None
+        if time.time() >= known.valid_until:
+            self._verified.pop(token, None)
+            return None  # verified again, and so answered "token expired"
+        if known.kid is None:
+            key = self._static_key(known.alg)
+        else:
+            assert self._jwks is not None
+            key = self._jwks.cached(known.kid)  # no I/O; None: the full path decides
+        return known.principal if key is known.key else None
+
+    def _header(self, token: str) -> tuple[str, str | None]:
+        """(alg, the kid to look up in the JWKS or None for a configured key)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -127,10 +168,10 @@ class Authenticator:
         kid = header.get("kid")
         if alg in self._public_algs and self._jwks is not None:
             if isinstance(kid, str) and kid and len(kid) <= 256:
-                return token, alg, kid
+                return alg, kid
             if not self._public_key:
                 raise Unauthenticated("token has no 'kid' naming a key of the identity provider")
-        return token, alg, None
+        return alg, None
 
     def _static_key(self, alg: str) -> Any:
         if alg in self._hmac_algs and self._settings.jwt_secret:
@@ -139,7 +180,7 @@ class Authenticator:
             return self._public_key
         raise Unauthenticated(f"token algorithm {alg!r} is not accepted")
 
-    def _verify(self, token: str, key: Any, alg: str) -> Principal:
+    def _verify(self, token: str, key: Any, alg: str, kid: str | None) -> Principal:
         try:
             claims = jwt.decode(
                 token,
@@ -159,7 +200,15 @@ class Authenticator:
             raise Unauthenticated("token signature is invalid") from e
         except jwt.PyJWTError as e:
             raise Unauthenticated(f"invalid token: {e}") from e
-        return Principal(user_id=_subject(claims), permissions=_permissions(claims))
+        principal = Principal(user_id=_subject(claims), permissions=_permissions(claims))
+        if self._cache_size > 0:
+            verified = self._verified
+            if len(verified) >= self._cache_size:
+                del verified[next(iter(verified))]
+            verified[token] = _Verified(
+                principal, alg, kid, key, float(claims["exp"]) + self._settings.jwt_leeway_s
+            )
+        return principal
 
 
 def authorize(principal: Principal, method: str) -> None:
