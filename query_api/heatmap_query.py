@@ -31,7 +31,6 @@ only those users' cells, so a popular screen can still be shown per user.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from query_api.point_encoding import (
     dense,
     dense_users,
     encode_all_users,
+    encode_per_user,
 )
 from schemas.event_rules import EVENT_TYPE_NAMES, EVENT_TYPES, MAX_CAMPAIGN_ID, MAX_USER_ID
 from schemas.event_rules import MAX_SCREEN_NAME as MAX_SCREEN_NAME
@@ -320,46 +320,25 @@ def build_answer(
     """The answer for the rows of ``plan(spec)`` (given column-wise: lists or numpy).
 
     ``ranking``: the top_users ranking the rows were read for (its totals go
-    into total_users/total_touches). ALL_USERS points are written as bytes
-    (``point_encoding``); PER_USER answers are built as a message.
+    into total_users/total_touches). Both modes' answers are written as bytes
+    (``point_encoding``); ``users`` of PER_USER rows: a str sequence or a pyarrow
+    string column.
     """
     g = spec.grid_size
     if not spec.per_user:
         keys, counts = columns if columns else ((), ())
         per_cell, total_users = (None, 0) if unique_users is None else dense_users(g, unique_users)
         return encode_all_users(g, dense(g, keys, counts), per_cell, total_users, min_users)
-    response = heatmap_pb2.QueryHeatmapDataResponse(grid_size=g)
-    if ranking is not None:
-        response.total_users = ranking.total_users
-        response.total_touches = ranking.total_touches
+    totals = None if ranking is None else (ranking.total_users, ranking.total_touches)
     if not columns or not len(columns[0]):
-        return EncodedReply(response)
-    users, gxs, gys, counts = (list(c) for c in columns)
+        return encode_per_user(g, [], [], [], [], totals)
+    users, gxs, gys, counts = columns
     if len(counts) > max_per_user_points:
         raise ResourceExhausted(
             f"PER_USER answer exceeds {max_per_user_points} points (user, cell); narrow it "
             "with user_id, campaign_id, event_types, a time range or a smaller grid_size"
         )
-    totals: dict[str, int] = defaultdict(int)
-    for user, count in zip(users, counts, strict=True):
-        totals[user] += count
-    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
-    rank = {user: i for i, (user, _) in enumerate(ranked)}
-    order = sorted(range(len(counts)), key=lambda i: (rank[users[i]], gys[i], gxs[i]))
-    response.data_points.extend(
-        heatmap_pb2.HeatmapDataPoint(
-            x=(gxs[i] + 0.5) / g, y=(gys[i] + 0.5) / g, count=counts[i], user_id=users[i]
-        )
-        for i in order
-    )
-    response.user_touch_counts.extend(
-        heatmap_pb2.UserTouchCount(user_id=user, touch_count=total) for user, total in ranked
-    )
-    response.total_count = sum(totals.values())
-    if ranking is None:
-        response.total_users = len(ranked)
-        response.total_touches = response.total_count
-    return EncodedReply(response)
+    return encode_per_user(g, users, gxs, gys, counts, totals)
 
 
 def build_response(

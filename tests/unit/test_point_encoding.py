@@ -97,6 +97,36 @@ def test_answer_bytes_equal_protobuf_serializer(
     assert got_counts == [p.count for p in want.data_points]
 
 
+# Values the word-composed writer takes (counts below 2**56, users below 2**42), edges first.
+WORD_EDGES = [1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**28, 2**35, 2**42 - 1]
+SMALL = st.one_of(st.sampled_from(WORD_EDGES), st.integers(1, 2**42 - 1), st.integers(1, 300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(GRIDS),
+    st.data(),
+    st.sampled_from([1, 2**14, 2**56 - 1]),
+    st.booleans(),
+)
+def test_word_writer_equals_byte_writer_and_protobuf(
+    grid: int, data: st.DataObject, count_cap: int, with_users: bool
+) -> None:
+    keys = data.draw(st.lists(st.integers(0, grid * grid - 1), unique=True, min_size=1))
+    counts = [min(data.draw(SMALL), count_cap) if count_cap > 1 else 1 for _ in keys]
+    users = [data.draw(st.one_of(st.just(0), SMALL)) for _ in keys] if with_users else None
+    order = np.array(sorted(keys), dtype=np.intp)
+    by_key = dict(zip(keys, range(len(keys)), strict=True))
+    c = np.array([counts[by_key[k]] for k in order], dtype=np.uint64)
+    u = None if users is None else np.array([users[by_key[k]] for k in order], dtype=np.uint64)
+    words = encode_points(grid, order, c, u)
+    assert words == encode_points(grid, order, c, u, words=False)
+    cells = {k: (counts[i], users[i] if users else 0) for i, k in enumerate(keys)}
+    want = protobuf_answer(grid, cells, 0 if users else None, 0)
+    assert words == want.SerializeToString()[: len(words)]
+    assert pb.QueryHeatmapDataResponse.FromString(words).data_points == want.data_points
+
+
 @pytest.mark.parametrize("value", [*EDGES, 0])
 def test_varints_are_protobufs(value: int) -> None:
     octets, length = varints(np.array([value, 1], dtype=np.uint64), 10)
