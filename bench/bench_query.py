@@ -240,6 +240,27 @@ def disk(client: Client) -> dict[str, dict[str, Any]]:
     return out
 
 
+def cell_set_bound(client: Client, events: int) -> dict[str, float]:
+    """The information in the 512-grid tables' cell columns, in bytes per event,
+    if nothing is known about where touches fall: a key run (screen, [user,]
+    campaign, type, hour) holding k distinct cells of the 512 x 512 is one of
+    C(262144, k) subsets, log2 C(262144, k) bits; summed over the runs. Only
+    an encoding that models the clusters of touches could go below it; the
+    column codecs (one column at a time, Delta/T64 + ZSTD) stay above it."""
+    out = {}
+    for table, key in (
+        ("touch_cells_by_user", "screen_name, user_id, campaign_id, event_type, hour"),
+        ("touch_cells", "screen_name, campaign_id, event_type, hour"),
+    ):
+        bits = client.query(
+            "SELECT sum((lgamma(262145) - lgamma(k + 1) - lgamma(262145 - k)) / ln(2)) "
+            f"FROM (SELECT count() AS k FROM {table} WHERE screen_name != '' GROUP BY {key})",
+            settings={"max_execution_time": 0},
+        ).result_rows[0][0]
+        out[table] = round(float(bits or 0) / 8 / max(events, 1), 4)
+    return out
+
+
 def print_disk(sizes: dict[str, dict[str, Any]], events: int) -> None:
     """Per event: rows, bytes on disk, compressed and uncompressed, beside the raw table."""
     print(
@@ -709,6 +730,12 @@ def main(argv: list[str] | None = None) -> int:
                 client.query("SELECT count() FROM raw_touch_events").result_rows[0][0]
             )
             print_disk(sizes, loaded_events)
+            bound = cell_set_bound(client, loaded_events)
+            print(
+                "  cell sets (cell_x + cell_y) as uniform subsets, the codecs' floor: "
+                + ", ".join(f"{t} {b:.3f} B/ev" for t, b in bound.items()),
+                flush=True,
+            )
             print("measuring (gRPC QueryHeatmapData on cells vs SQL on raw events)", flush=True)
             results = asyncio.run(measure(settings, client, tmp, args, spec))
             codecs = compare_codecs(client, spec, args) if args.compare_codecs else {}
@@ -723,6 +750,7 @@ def main(argv: list[str] | None = None) -> int:
                 "codecs": args.codecs,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "tables": sizes,
+                "cell_set_bound_bytes_per_event": bound,
                 "shapes": results,
                 "codec_comparison": codecs,
             }
