@@ -49,7 +49,9 @@ def test_counts_survive_merges_under_the_codecs(clickhouse: ClickHouseSettings) 
             hour = rng.integers(0, 3, n)
             events = rng.choice([1, 1, 1, 2, 7, 2**40], n)
             rows = []
-            for x, y, h, e in zip(cx.tolist(), cy.tolist(), hour.tolist(), events.tolist()):
+            for x, y, h, e in zip(
+                cx.tolist(), cy.tolist(), hour.tolist(), events.tolist(), strict=True
+            ):
                 expected[(h, x, y)] = expected.get((h, x, y), 0) + e
                 rows.append(["home", "", 1, 1_790_000_000 + 3600 * h, x, y, e, 0])
             client.insert(
