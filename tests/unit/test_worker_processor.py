@@ -177,7 +177,12 @@ async def test_stopping_while_clickhouse_fails_abandons_without_flushing() -> No
     p, _ = processor(store)
     store.fail_next = 10**9
     task = asyncio.create_task(p.process(raw(fleet_batches(1, 10))))
-    await asyncio.sleep(0.05)
+    # Wait until the flush is failing (not a fixed sleep: on a loaded machine
+    # the first attempt can take longer than any fixed wait).
+    for _ in range(1000):
+        if p.failing_for() > 0:
+            break
+        await asyncio.sleep(0.01)
     assert p.failing_for() > 0
     p.stop()
     with pytest.raises(FlushAbandoned):
