@@ -31,10 +31,16 @@ if [ ! -x "$bin/docker-compose" ]; then
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')"
   (cd "$dir" && go build -o "$bin/docker-compose" ./cmd)
 fi
+# Rebuilt when its sources change, by content: a fresh clone gives every file
+# a new mtime, so comparing times rebuilt it in every clone.
+validate_src="$(dirname "$0")/envoy/validate"
+validate_sum="$(cd "$validate_src" && find . -type f -print0 | LC_ALL=C sort -z \
+  | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$bin/envoy-validate" ] \
-   || [ -n "$(find "$(dirname "$0")/envoy/validate" -newer "$bin/envoy-validate" -type f)" ]; then
+   || [ "$(cat "$bin/envoy-validate.sources" 2>/dev/null)" != "$validate_sum" ]; then
   echo "== envoy-validate"
-  (cd "$(dirname "$0")/envoy/validate" && go build -o "$bin/envoy-validate" .)
+  (cd "$validate_src" && go build -o "$bin/envoy-validate" .)
+  echo "$validate_sum" > "$bin/envoy-validate.sources"
 fi
 if command -v npm >/dev/null && [ ! -d "$cache/keda-models/node_modules/@kubernetes-models/keda" ]; then
   echo "== @kubernetes-models/keda"
