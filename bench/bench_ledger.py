@@ -19,7 +19,9 @@ ids, 2.5 % retries of ids of the last few chunks, 0.5 % retries of ids
 stored long ago (among the 10 M). Reported: the process's RSS growth from
 loading the state (``VmRSS`` after minus before), the load time, and the
 wall time per batch of the deduplication step (for ``bounded`` including
-the ClickHouse look-ups and marking ids stored), medians over the repeats.
+the ClickHouse look-ups and marking ids stored) with the process's CPU time
+per batch beside it (all threads, so the engine's look-ups count), medians
+over the repeats.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def run_reference(
     loaded_s = time.perf_counter() - started
     grown = rss_bytes() - before
     duplicates = 0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for chunk in chunks:
         for (partition, user_id, batch_id), offset in chunk:
             part = seen.setdefault(partition, {})
@@ -138,6 +140,7 @@ def run_reference(
             elif first != offset:
                 duplicates += 1
     per_batch = (time.perf_counter() - started) / (CHUNKS * PER_CHUNK)
+    cpu_per_batch = (time.process_time() - cpu_started) / (CHUNKS * PER_CHUNK)
     flat = {
         (p, u, b): o
         for p, part in seen.items()
@@ -150,6 +153,7 @@ def run_reference(
         "rss_mb": grown / 2**20,
         "load_s": loaded_s,
         "us_per_batch": per_batch * 1e6,
+        "cpu_us_per_batch": cpu_per_batch * 1e6,
         "duplicates": duplicates,
     }
 
@@ -173,7 +177,7 @@ def run_bounded(
     grown_at_load = rss_bytes() - before
     duplicates = looked_up = queries = 0
     look_up_s = 0.0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for chunk in chunks:
         unknown = ledger.to_look_up([k for k, _ in chunk])
         found: dict[tuple[int, str, str], int] = {}
@@ -191,6 +195,8 @@ def run_bounded(
                 recorded.append(key)
         ledger.stored(recorded)
     per_batch = (time.perf_counter() - started) / (CHUNKS * PER_CHUNK)
+    # The whole process (all threads: the engine runs the look-ups in it).
+    cpu_per_batch = (time.process_time() - cpu_started) / (CHUNKS * PER_CHUNK)
     held = ledger.filter.nbytes + held_bytes(ledger._recent) + held_bytes(ledger._pending)
     return {
         "held_mb": held / 2**20,
@@ -199,6 +205,7 @@ def run_bounded(
         "rss_after_stream_mb": (rss_bytes() - before) / 2**20,
         "load_s": loaded_s,
         "us_per_batch": per_batch * 1e6,
+        "cpu_us_per_batch": cpu_per_batch * 1e6,
         "duplicates": duplicates,
         "looked_up": looked_up,
         "queries": queries,
@@ -256,15 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nmedians of {args.repeat}, {CHUNKS * PER_CHUNK:,} batches per run:")
     print(
         "| ledger | ids held exactly | held by the ledger (MB) | process RSS growth (MB) "
-        "| load at assignment (s) | µs / batch |"
+        "| load at assignment (s) | µs / batch | µs CPU / batch (process) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for variant, results in runs.items():
         med = {k: statistics.median(r[k] for r in results) for k in results[0]}
         print(
             f"| {variant} | {med['entries']:,.0f} | {med['held_mb']:,.0f} | {med['rss_mb']:,.0f} "
             f"| {med['load_s']:.1f} "
-            f"| {med['us_per_batch']:.1f} |"
+            f"| {med['us_per_batch']:.1f} | {med['cpu_us_per_batch']:.1f} |"
         )
         if variant == "bounded":
             print(
