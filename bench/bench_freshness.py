@@ -5,13 +5,17 @@ while ``heatmap loadgen`` offers a steady load (default 100,000 events/s) in ano
 
 A probe sends one event to its own screen, then polls QueryHeatmapData every
 20 ms until it is counted; repeated for the whole load window. Reports the
-probe latencies (p50/p99/max) beside the load actually accepted.
+probe latencies (p50/p99/max) beside the load actually accepted, and the CPU
+per accepted event of each process over the load window: ``heatmap dev`` (the
+gateway, worker and query service with the in-process engine), each of its
+child processes (the Kafka broker's JVM, the S3 server) and loadgen.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,6 +53,30 @@ def probe_once(stub: heatmap_pb2_grpc.HeatmapServiceStub, secret: str, screen: s
     return float("inf")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> dict[int, str]:
+    """``pid`` and its descendants, each with its command name."""
+    out: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            out[current] = Path(f"/proc/{current}/comm").read_text().strip()
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=100_000)
@@ -81,17 +109,35 @@ def main() -> int:
             )
             latencies = []
             time.sleep(3)  # let the load reach its pace
+            processes = {**process_tree(dev.pid), loadgen.pid: "loadgen"}
+            cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+            window_started = time.perf_counter()
             with grpc.insecure_channel(dev.target) as channel:
                 stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
                 i = 0
+                loadgen_cpu = cpu_before[loadgen.pid]
                 while loadgen.poll() is None:
                     latencies.append(probe_once(stub, dev.secret, f"probe-{i}"))
                     i += 1
                     time.sleep(0.2)
+                    # loadgen's own CPU, read before it exits and its /proc entry goes
+                    loadgen_cpu = cpu_seconds(loadgen.pid) or loadgen_cpu
+            window_s = time.perf_counter() - window_started
+            cpu_used = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in processes}
+            cpu_used[loadgen.pid] = loadgen_cpu - cpu_before[loadgen.pid]
             summary = (loadgen.stdout.read() if loadgen.stdout else "").strip().splitlines()
         finally:
             dev.stop()
     lat = np.array(latencies) * 1000
+    report = json.loads(summary[-1]) if summary and summary[-1].startswith("{") else {}
+    accepted = int(report.get("accepted_events", 0))
+    # Events accepted in the window: loadgen's rate over the window (its first
+    # 3 s, before the window, are left out of both the CPU and the events).
+    window_events = accepted / max(float(report.get("elapsed_s", 0)), 1e-9) * window_s
+    cpu = {}
+    for pid, name in processes.items():
+        key = name if name not in cpu else f"{name}-{pid}"
+        cpu[key] = round(cpu_used[pid] / max(window_events, 1) * 1e6, 3)
     result = {
         "offered_events_per_s": args.rate,
         "loadgen": summary[-1] if summary else "",
@@ -99,6 +145,8 @@ def main() -> int:
         "freshness_ms_p50": round(float(np.percentile(lat, 50)), 1),
         "freshness_ms_p99": round(float(np.percentile(lat, 99)), 1),
         "freshness_ms_max": round(float(lat.max()), 1),
+        "window_s": round(window_s, 1),
+        "cpu_us_per_accepted_event": cpu,
     }
     print(json.dumps(result, indent=2))
     return 0
