@@ -17,6 +17,7 @@ method no servicer implements: UNIMPLEMENTED, once the token is valid).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from collections.abc import Iterable, Mapping
@@ -204,7 +205,10 @@ class Authenticator:
         if self._cache_size > 0:
             verified = self._verified
             if len(verified) >= self._cache_size:
-                del verified[next(iter(verified))]
+                # ``authenticate`` may run on other threads: losing a race here
+                # only means one entry more or less is dropped.
+                with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                    del verified[next(iter(verified))]
             verified[token] = _Verified(
                 principal, alg, kid, key, float(claims["exp"]) + self._settings.jwt_leeway_s
             )
