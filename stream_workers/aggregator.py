@@ -30,6 +30,7 @@ from stream_workers.native import (
     LowCardinalityColumn,
     NumberColumn,
     encode_block,
+    index_dtype,
 )
 
 BASE_GRID = 512
@@ -165,6 +166,152 @@ def _group(fields: Sequence[tuple[IntArray, int]]) -> tuple[list[IntArray], IntA
     return [rows[:, i] for i in range(rows.shape[1])], counts.astype(np.int64)
 
 
+def _unique_counts(key: IntArray) -> tuple[IntArray, IntArray]:
+    """``np.unique(key, return_counts=True)`` for an int64 array the caller gives up:
+    sorted in place, without np.unique's copy of the input."""
+    key.sort()
+    last = np.empty(len(key), dtype=np.bool_)
+    np.not_equal(key[1:], key[:-1], out=last[:-1])
+    last[-1:] = True
+    ends = np.flatnonzero(last)
+    return key[ends], np.diff(ends, prepend=-1)
+
+
+def _distinct_hours(hour_s: IntArray) -> tuple[IntArray, IntArray]:
+    """``np.unique(hour_s, return_inverse=True)`` for hour-aligned seconds, by counting
+    instead of sorting when the flush spans few hours (always, within the time window)."""
+    index = hour_s // 3600
+    low = int(index.min())
+    span = int(index.max()) - low + 1
+    if span > max(1 << 16, 4 * len(index)):
+        hours, code = np.unique(hour_s, return_inverse=True)
+        return hours, code.astype(np.int64)
+    index -= low
+    present = np.zeros(span, dtype=np.bool_)
+    present[index] = True
+    code_of_hour = np.cumsum(present, dtype=np.int64)
+    code_of_hour -= 1
+    return (np.flatnonzero(present) + low) * 3600, code_of_hour[index]
+
+
+def _width(radix: int) -> int:
+    return max(radix - 1, 0).bit_length()
+
+
+class _SharedKeys:
+    """The three tables' grouping keys, built from shared packed parts.
+
+    Every table's key is ``[month,] screen, [user,] campaign, event_type,
+    hour, cell_x, cell_y`` (the ORDER BY); the tables differ only in the user
+    field and the cells' grid, so the month+screen head and the
+    campaign+type+hour part are packed once per flush, the cells once per
+    grid. Same bit layout, hence same rows in the same order, as ``_group``
+    builds from the fields one by one (``_group`` still serves keys wider
+    than 63 bits).
+    """
+
+    def __init__(
+        self,
+        month_code: IntArray | None,
+        months: int,
+        head: list[tuple[IntArray, int]],
+        user: tuple[IntArray, int],
+        middle: list[tuple[IntArray, int]],
+        cell_x: IntArray,
+        cell_y: IntArray,
+    ) -> None:
+        self.head = ([(month_code, months)] if month_code is not None else []) + head
+        self.user = user
+        self.middle = middle
+        self.cell_x, self.cell_y = cell_x, cell_y
+        self._packed: dict[str, IntArray] = {}
+
+    def fields(self, spec: TableSpec) -> list[tuple[IntArray, int]]:
+        shift = int(np.log2(BASE_GRID // spec.grid))
+        cells = [(self.cell_x >> shift, spec.grid), (self.cell_y >> shift, spec.grid)]
+        return self.head + ([self.user] if spec.per_user else []) + self.middle + cells
+
+    def _pack(self, name: str, fields: Sequence[tuple[IntArray, int]]) -> IntArray:
+        packed = self._packed.get(name)
+        if packed is None:
+            packed = np.zeros(len(self.cell_x), dtype=np.int64)
+            for values, radix in fields:
+                width = _width(radix)
+                if width:
+                    packed <<= width
+                    packed |= values
+            self._packed[name] = packed
+        return packed
+
+    def group(self, spec: TableSpec, keep: npt.NDArray[np.bool_] | None) -> _Rows:
+        fields = self.fields(spec)
+        widths = [_width(radix) for _, radix in fields]
+        if sum(widths) > 63:
+            if keep is not None:
+                fields = [(values[keep], radix) for values, radix in fields]
+            grouped, counts = _group(fields)
+            return _Rows(counts, fields=grouped)
+        grid_bits = 2 * _width(spec.grid)
+        key = self._pack("head", self.head) << (sum(widths) - sum(widths[: len(self.head)]))
+        if spec.per_user:
+            key |= self.user[0] << (sum(widths[len(self.head) + 1 :]))
+        key |= self._pack("middle", self.middle) << grid_bits
+        key |= self._pack(f"cells{spec.grid}", fields[-2:])
+        if keep is not None:
+            key = key[keep]
+        unique, counts = _unique_counts(key)
+        layout = []
+        shift = sum(widths)
+        for width in widths:
+            shift -= width
+            layout.append((shift, width))
+        return _Rows(counts, keys=unique, layout=tuple(layout))
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The grouped rows of a table: counts, and the key fields either still packed
+    (``keys`` and each field's (shift, width)) or unpacked (``fields``, wide keys).
+
+    Packed fields are unpacked by ``write`` straight into their Native
+    column, in its dtype: no int64 copy of every field per table.
+    """
+
+    counts: IntArray
+    keys: IntArray | None = None
+    layout: tuple[tuple[int, int], ...] = ()
+    fields: list[IntArray] | None = None
+
+    def field(self, i: int) -> IntArray:
+        if self.fields is not None:
+            return self.fields[i]
+        assert self.keys is not None
+        shift, width = self.layout[i]
+        return (self.keys >> shift) & ((1 << width) - 1)
+
+    def write(self, i: int, out: npt.NDArray[Any], lut: npt.NDArray[Any] | None = None) -> None:
+        """Field ``i`` into ``out`` (through ``lut`` if given: ``out = lut[field]``)."""
+        if self.fields is not None or lut is not None:
+            values = self.field(i)
+            if lut is None:
+                out[...] = values
+            else:
+                np.take(lut, values, out=out)
+            return
+        assert self.keys is not None
+        shift, width = self.layout[i]
+        shifted = self.keys >> shift if shift else self.keys
+        np.bitwise_and(shifted, (1 << width) - 1, out=out, casting="unsafe")
+
+    def rows(self, a: int, b: int, drop_first: bool) -> _Rows:
+        """Rows ``a:b``, without the first field if ``drop_first`` (the month's rank)."""
+        skip = 1 if drop_first else 0
+        if self.fields is not None:
+            return _Rows(self.counts[a:b], fields=[f[a:b] for f in self.fields[skip:]])
+        assert self.keys is not None
+        return _Rows(self.counts[a:b], keys=self.keys[a:b], layout=self.layout[skip:])
+
+
 def aggregate(
     records: Sequence[Record],
     topic: str,
@@ -202,8 +349,7 @@ def aggregate(
         campaign_rank[campaign],
         user_rank[user_of_record],
     )
-    hours, hour_code = np.unique(hour_s, return_inverse=True)
-    hour_code = hour_code.astype(np.int64)
+    hours, hour_code = _distinct_hours(hour_s)
     hour_month = yyyymm(hours)
     # Hours are sorted, so months are too: the month's rank leads the grouping
     # key, and each month's rows come out as one contiguous slice (no copies).
@@ -213,47 +359,39 @@ def aggregate(
     user = user_of_record[record_of_event]
     markers = {int(p): int(offsets[partitions == p].max()) for p in np.unique(partitions)}
 
+    keys = _SharedKeys(
+        month_code,
+        len(months),
+        [(screen, len(screens.codes))],
+        (user, len(users.codes)),
+        [(campaign, len(campaigns.codes)), (event_type, 4), (hour_code, len(hours))],
+        cell_x,
+        cell_y,
+    )
     blocks: list[Block] = []
     for spec in tables:
         keep = _not_yet_stored(
             spec.name, watermarks, partitions, offsets, record_of_event, hour_code, hour_month
         )
-        shift = int(np.log2(BASE_GRID // spec.grid))
-        fields: list[tuple[IntArray, int]] = []
-        if month_code is not None:
-            fields.append((month_code, len(months)))
-        fields.append((screen, len(screens.codes)))
-        if spec.per_user:
-            fields.append((user, len(users.codes)))
-        fields += [
-            (campaign, len(campaigns.codes)),
-            (event_type, 4),
-            (hour_code, len(hours)),
-            (cell_x >> shift, spec.grid),
-            (cell_y >> shift, spec.grid),
-        ]
-        if keep is not None:
-            fields = [(values[keep], radix) for values, radix in fields]
-            if not len(fields[0][0]):
-                continue
-        grouped, counts = _group(fields)
+        if keep is not None and not keep.any():
+            continue
+        grouped = keys.group(spec, keep)
         if month_code is None:  # the usual case: one month
-            parts = [(int(months[0]), grouped, counts)]
+            parts = [(int(months[0]), grouped)]
         else:
-            row_month, grouped = grouped[0], grouped[1:]
+            row_month = grouped.field(0)
             bounds = np.searchsorted(row_month, np.arange(len(months) + 1))
             parts = [
-                (int(months[m]), [g[a:b] for g in grouped], counts[a:b])
+                (int(months[m]), grouped.rows(a, b, drop_first=True))
                 for m, (a, b) in enumerate(itertools.pairwise(bounds.tolist()))
                 if b > a
             ]
-        for month, month_rows, month_counts in parts:
+        for month, month_rows in parts:
             blocks.append(
                 _block(
                     spec,
                     month,
                     month_rows,
-                    month_counts,
                     hours,
                     markers,
                     topic,
@@ -290,28 +428,28 @@ def _not_yet_stored(
     return keep
 
 
-def _prepend(
+def _column(
     head: IntArray,
-    values: IntArray | None,
-    rows: int | None = None,
-    dtype: type[np.generic] = np.int64,
+    rows: _Rows | None,
+    field: int,
+    dtype: np.dtype[Any] | type[np.generic],
+    size: int,
+    lut: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
-    """``head`` then ``values`` (or ``rows`` zeros) in one array of ``dtype``: one copy,
-    where concatenating and then converting made two."""
+    """The marker rows' ``head``, then field ``field`` of ``rows`` (or zeros), in one
+    array of ``dtype``: the field is unpacked into it, no intermediate copy."""
     n = len(head)
-    size = n + (len(values) if values is not None else rows or 0)
-    out = np.empty(size, dtype=dtype) if values is not None else np.zeros(size, dtype=dtype)
+    out = np.empty(size, dtype=dtype) if rows is not None else np.zeros(size, dtype=dtype)
     out[:n] = head
-    if values is not None:
-        out[n:] = values
+    if rows is not None:
+        rows.write(field, out[n:], lut)
     return out
 
 
 def _block(
     spec: TableSpec,
     month: int,
-    grouped: list[IntArray],
-    counts: IntArray,
+    grouped: _Rows,
     hours: IntArray,
     markers: Mapping[int, int],
     topic: str,
@@ -319,43 +457,48 @@ def _block(
     campaign_ids: list[str],
     user_ids: list[str],
 ) -> Block:
+    counts = grouped.counts
     rows = len(counts)
     n_markers = len(markers)
+    size = rows + n_markers
     marker_partitions = sorted(markers)
     screen_dict = [*screen_names, ""]
     campaign_dict = campaign_ids + [marker_campaign(topic, p) for p in marker_partitions]
     empty = np.full(n_markers, len(screen_names), dtype=np.int64)
     marker_campaigns = np.arange(len(campaign_ids), len(campaign_dict), dtype=np.int64)
     zeros = np.zeros(n_markers, dtype=np.int64)
-    g = iter(grouped)
     # Marker rows first: screen_name '' sorts before every screen (ORDER BY order).
+    screen_codes = _column(empty, grouped, 0, index_dtype(len(screen_dict)), size)
     columns: list[tuple[str, str, Column]] = [
-        ("screen_name", LC, LowCardinalityColumn(screen_dict, _prepend(empty, next(g)))),
+        ("screen_name", LC, LowCardinalityColumn(screen_dict, screen_codes)),
     ]
+    field = 1
     if spec.per_user:
         user_dict = [*user_ids, ""]
-        user_codes = _prepend(np.full(n_markers, len(user_ids), dtype=np.int64), next(g))
+        marker_users = np.full(n_markers, len(user_ids), dtype=np.int64)
+        user_codes = _column(marker_users, grouped, field, index_dtype(len(user_dict)), size)
         columns.append(("user_id", LC, LowCardinalityColumn(user_dict, user_codes)))
-    campaign, event_type, hour_code, cell_x, cell_y = (next(g) for _ in range(5))
-    columns.append(
-        (
-            "campaign_id",
-            LC,
-            LowCardinalityColumn(campaign_dict, _prepend(marker_campaigns, campaign)),
-        )
+        field += 1
+    campaign_codes = _column(
+        marker_campaigns, grouped, field, index_dtype(len(campaign_dict)), size
     )
+    columns.append(("campaign_id", LC, LowCardinalityColumn(campaign_dict, campaign_codes)))
     marker_hour = np.full(n_markers, month_start(month), dtype=np.int64)
     marker_offsets = np.array([markers[p] for p in marker_partitions], dtype=np.int64)
-    for name, ch_type, head, values in (
-        ("event_type", "UInt8", zeros, event_type),
-        ("hour", "UInt32", marker_hour, hours[hour_code]),
-        ("cell_x", spec.cell_type, zeros, cell_x),
-        ("cell_y", spec.cell_type, zeros, cell_y),
-        ("events", "UInt64", zeros, counts),
-        ("source_offset", "Int64", marker_offsets, None),
+    hour_lut = hours.astype(NUMPY_TYPES["UInt32"])
+    for name, ch_type, head, source, lut in (
+        ("event_type", "UInt8", zeros, field + 1, None),
+        ("hour", "UInt32", marker_hour, field + 2, hour_lut),
+        ("cell_x", spec.cell_type, zeros, field + 3, None),
+        ("cell_y", spec.cell_type, zeros, field + 4, None),
     ):
-        column = NumberColumn(_prepend(head, values, rows, NUMPY_TYPES[ch_type]))
-        columns.append((name, ch_type, column))
+        values = _column(head, grouped, source, NUMPY_TYPES[ch_type], size, lut)
+        columns.append((name, ch_type, NumberColumn(values)))
+    events = np.zeros(size, dtype=NUMPY_TYPES["UInt64"])
+    events[n_markers:] = counts
+    columns.append(("events", "UInt64", NumberColumn(events)))
+    offsets = _column(marker_offsets, None, 0, NUMPY_TYPES["Int64"], size)
+    columns.append(("source_offset", "Int64", NumberColumn(offsets)))
     return Block(
         table=spec.name,
         month=month,
@@ -364,7 +507,7 @@ def _block(
         markers=dict(markers),
         column_names=tuple(name for name, _, _ in columns),
         column_types=tuple(ch for _, ch, _ in columns),
-        payload=encode_block(columns, rows + n_markers),
+        payload=encode_block(columns, size),
     )
 
 

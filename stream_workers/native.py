@@ -19,9 +19,13 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+# What ``bytes.join`` takes: the columns' arrays go in as memoryviews, not copied first.
+Buffer = bytes | memoryview
 
 
 def varint(value: int) -> bytes:
@@ -48,9 +52,9 @@ class StringColumn:
     dictionary: Sequence[str]
     codes: npt.NDArray[np.int64]
 
-    def data(self) -> bytes:
+    def data(self) -> list[Buffer]:
         table = np.array([_encoded(s) for s in self.dictionary], dtype=object)
-        return b"".join(table[self.codes].tolist())
+        return [b"".join(table[self.codes].tolist())]
 
 
 @dataclass(frozen=True)
@@ -67,24 +71,35 @@ class LowCardinalityColumn:
     dictionary: Sequence[str]
     codes: npt.NDArray[np.int64]
 
-    def data(self) -> bytes:
+    def data(self) -> list[Buffer]:
         n_keys = len(self.dictionary)
-        width = 0 if n_keys <= 0xFF else 1 if n_keys <= 0xFFFF else 2
-        dtype = ("<u1", "<u2", "<u4")[width]
+        dtype = index_dtype(n_keys)
+        width = dtype.itemsize.bit_length() - 1  # 1, 2, 4 bytes -> 0, 1, 2
         head = struct.pack("<QQQ", 1, (1 << 9) | (1 << 10) | width, n_keys)
         keys = b"".join(_encoded(s) for s in self.dictionary)
         rows = struct.pack("<Q", len(self.codes))
-        return head + keys + rows + self.codes.astype(dtype).tobytes()
+        # Codes already in the index dtype (as the aggregator writes them) are not copied.
+        return [head + keys + rows, _little(self.codes.astype(dtype, copy=False))]
 
 
 @dataclass(frozen=True)
 class NumberColumn:
     values: npt.NDArray[np.generic]
 
-    def data(self) -> bytes:
-        # No copy but the one into bytes on little-endian machines (``astype`` copies by default).
-        little = self.values.astype(self.values.dtype.newbyteorder("<"), copy=False)
-        return np.ascontiguousarray(little).tobytes()
+    def data(self) -> list[Buffer]:
+        return [_little(self.values)]
+
+
+def index_dtype(n_keys: int) -> np.dtype[Any]:
+    """The index width of a ``LowCardinality`` column with ``n_keys`` keys."""
+    return np.dtype("<u1" if n_keys <= 0xFF else "<u2" if n_keys <= 0xFFFF else "<u4")
+
+
+def _little(values: npt.NDArray[Any]) -> Buffer:
+    """The array's little-endian bytes, without a copy on little-endian machines:
+    ``encode_block``'s join is the only copy."""
+    little = values.astype(values.dtype.newbyteorder("<"), copy=False)
+    return np.ascontiguousarray(little).data.cast("B")
 
 
 Column = StringColumn | LowCardinalityColumn | NumberColumn
@@ -100,10 +115,10 @@ NUMPY_TYPES: dict[str, type[np.generic]] = {
 
 def encode_block(columns: Sequence[tuple[str, str, Column]], rows: int) -> bytes:
     """``columns`` are (name, ClickHouse type, column); every column has ``rows`` values."""
-    parts = [varint(len(columns)), varint(rows)]
+    parts: list[Buffer] = [varint(len(columns)), varint(rows)]
     for name, ch_type, column in columns:
         size = len(column.values) if isinstance(column, NumberColumn) else len(column.codes)
         if size != rows:
             raise ValueError(f"column {name} has {size} values, expected {rows}")
-        parts += [_encoded(name), _encoded(ch_type), column.data()]
+        parts += [_encoded(name), _encoded(ch_type), *column.data()]
     return b"".join(parts)

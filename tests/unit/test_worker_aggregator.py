@@ -12,9 +12,13 @@ import pytest
 from schemas.touch_batch import TouchBatch
 from stream_workers.aggregator import (
     TABLE_NAMES,
+    TABLES,
     Block,
     Record,
+    _distinct_hours,
     _group,
+    _SharedKeys,
+    _unique_counts,
     aggregate,
     cells,
     month_start,
@@ -197,6 +201,52 @@ def test_group_encodings_agree_in_rows_and_order() -> None:
     (only,), counts = _group([(np.zeros(3, dtype=np.int64), 1)])  # radix 1: no bits at all
     assert only.tolist() == [0]
     assert counts.tolist() == [3]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("months", [1, 3])
+def test_shared_keys_group_like_group_field_by_field(wide: bool, months: int) -> None:
+    # The keys packed from shared parts give every table the rows, order and
+    # counts of ``_group`` over that table's fields; wide keys (over 63 bits)
+    # take ``_group`` itself. With and without a watermark mask.
+    rng = np.random.default_rng(11 + months)
+    n = 20_000
+    users = 2**40 if wide else 300
+    month_code = np.sort(rng.integers(0, months, n)) if months > 1 else None
+    screen, user = rng.integers(0, 7, n), rng.integers(0, min(users, 10**6), n)
+    middle = [(rng.integers(0, 3, n), 3), (rng.integers(1, 4, n), 4), (rng.integers(0, 30, n), 30)]
+    cell_x, cell_y = rng.integers(0, 512, n), rng.integers(0, 512, n) // 64  # some repeats
+    keys = _SharedKeys(month_code, months, [(screen, 7)], (user, users), middle, cell_x, cell_y)
+    keep = rng.random(n) < 0.7
+    for spec in TABLES:
+        for mask in (None, keep):
+            fields = keys.fields(spec)
+            if mask is not None:
+                fields = [(values[mask], radix) for values, radix in fields]
+            want, want_counts = _group(fields)
+            rows = keys.group(spec, mask)
+            assert (rows.fields is not None) == (wide and spec.per_user)
+            assert rows.counts.tolist() == want_counts.tolist()
+            for i, column in enumerate(want):
+                assert rows.field(i).tolist() == column.tolist(), (spec.name, i)
+                written = np.empty(len(column), dtype=np.uint32)
+                rows.write(i, written)
+                assert written.tolist() == column.tolist(), (spec.name, i)
+
+
+def test_unique_counts_and_distinct_hours_match_numpy() -> None:
+    rng = np.random.default_rng(2)
+    key = rng.integers(0, 1000, 10_000)
+    unique, counts = np.unique(key, return_counts=True)
+    got, got_counts = _unique_counts(key.copy())
+    assert got.tolist() == unique.tolist()
+    assert got_counts.tolist() == counts.tolist()
+    for span_h in (1, 500, 10**7):  # the last spans more hours than the counting path takes
+        hour_s = (1_790_000_000 // 3600 + rng.integers(0, span_h, 5000)) * 3600
+        hours, code = np.unique(hour_s, return_inverse=True)
+        got_hours, got_code = _distinct_hours(hour_s.copy())
+        assert got_hours.tolist() == hours.tolist()
+        assert got_code.tolist() == code.tolist()
 
 
 def test_ledger_duplicate_only_at_a_higher_offset() -> None:
