@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from schemas.touch_batch import BatchFormatError, decode_batch
+from schemas.touch_batch import BatchFormatError, TouchBatch, decode_batch, decode_batches
 from stream_workers.aggregator import MAX_TIMESTAMP_MS, TABLE_NAMES, Block, Record, aggregate
 from stream_workers.dedup import BatchLedger, Key
 from stream_workers.metrics import WorkerMetrics
@@ -176,8 +176,8 @@ class Processor:
         owner = self.owner
         self.metrics.messages.inc(len(raw))
         records: list[Record] = []
-        for item in sorted(raw, key=lambda r: (r.partition, r.offset)):
-            record, reason = self._decode(item)
+        items = sorted(raw, key=lambda r: (r.partition, r.offset))
+        for item, (record, reason) in zip(items, self._decode_all(items), strict=True):
             if record is None:
                 await self._send_dead_letter(item, reason)
             else:
@@ -209,11 +209,27 @@ class Processor:
             self.flushed_offsets[item.partition] = max(done, item.offset)
         self.metrics.flush_seconds.observe(prepared.seconds + time.perf_counter() - started)
 
-    def _decode(self, item: RawRecord) -> tuple[Record | None, str]:
+    def _decode_all(self, items: Sequence[RawRecord]) -> list[tuple[Record | None, str]]:
+        """``_decode`` of every item, the messages decoded together (``decode_batches``:
+        the same outcome per message as alone, at a fraction of the per-message cost)."""
+        try:
+            decoded = iter(decode_batches([i.value for i in items if i.value is not None]))
+        except Exception:
+            logger.exception("decoding a batch of messages failed: decoding them one by one")
+            return [self._decode(item) for item in items]
+        return [self._decode(i, None if i.value is None else next(decoded)) for i in items]
+
+    def _decode(
+        self, item: RawRecord, decoded: TouchBatch | BatchFormatError | None = None
+    ) -> tuple[Record | None, str]:
         try:
             if item.value is None:
                 raise BatchFormatError("empty message")
-            batch = decode_batch(item.value)
+            if decoded is None:
+                decoded = decode_batch(item.value)
+            if isinstance(decoded, BatchFormatError):
+                raise decoded
+            batch = decoded
             if int(batch.timestamp_ms.max()) >= MAX_TIMESTAMP_MS:
                 raise BatchFormatError("timestamp after 2106 (outside DateTime)")
             if len(batch) > MAX_BATCH_EVENTS:
