@@ -271,7 +271,7 @@ PROFILE_STAGES = (
     ),
     ("Native block to a temporary file (chDB reads the insert from it)", "tempfile.py"),
     ("aggregate + Native encode (numpy)", "aggregate (stream_workers/aggregator.py"),
-    ("decode + validate (protobuf, numpy)", "_decode (stream_workers/processor.py"),
+    ("decode + validate (protobuf, numpy)", "schemas/touch_batch.py"),
     ("aiokafka fetch and record unpacking", "aiokafka/"),
     ("Faust streams, acks, commits", "faust/"),
     ("mode (Faust's service threads)", "mode/"),
