@@ -14,8 +14,8 @@ child processes (the Kafka broker's JVM, the S3 server) and loadgen.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from bench.bench_gateway import cpu_seconds
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap_devtools.localinfra.dev_process import DevProcess
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
@@ -53,23 +54,16 @@ def probe_once(stub: heatmap_pb2_grpc.HeatmapServiceStub, secret: str, screen: s
     return float("inf")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def process_tree(pid: int) -> dict[int, str]:
-    """``pid`` and its descendants, each with its command name."""
+    """``pid`` and its descendants, each with its command name (``name-pid`` where
+    two share one)."""
     out: dict[int, str] = {}
     todo = [pid]
     while todo:
         current = todo.pop()
         try:
-            out[current] = Path(f"/proc/{current}/comm").read_text().strip()
+            name = Path(f"/proc/{current}/comm").read_text().strip()
+            out[current] = name if name not in out.values() else f"{name}-{current}"
             for task in Path(f"/proc/{current}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except FileNotFoundError:
@@ -109,22 +103,23 @@ def main() -> int:
             )
             latencies = []
             time.sleep(3)  # let the load reach its pace
-            processes = {**process_tree(dev.pid), loadgen.pid: "loadgen"}
+            processes = process_tree(dev.pid)  # they outlive the window
             cpu_before = {pid: cpu_seconds(pid) for pid in processes}
+            loadgen_before = loadgen_cpu = cpu_seconds(loadgen.pid)
             window_started = time.perf_counter()
             with grpc.insecure_channel(dev.target) as channel:
                 stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
                 i = 0
-                loadgen_cpu = cpu_before[loadgen.pid]
                 while loadgen.poll() is None:
                     latencies.append(probe_once(stub, dev.secret, f"probe-{i}"))
                     i += 1
                     time.sleep(0.2)
-                    # loadgen's own CPU, read before it exits and its /proc entry goes
-                    loadgen_cpu = cpu_seconds(loadgen.pid) or loadgen_cpu
+                    # loadgen's CPU so far: once it has exited, its /proc entry is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        loadgen_cpu = cpu_seconds(loadgen.pid)
             window_s = time.perf_counter() - window_started
-            cpu_used = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in processes}
-            cpu_used[loadgen.pid] = loadgen_cpu - cpu_before[loadgen.pid]
+            cpu_used = {processes[pid]: cpu_seconds(pid) - cpu_before[pid] for pid in processes}
+            cpu_used["loadgen"] = loadgen_cpu - loadgen_before
             summary = (loadgen.stdout.read() if loadgen.stdout else "").strip().splitlines()
         finally:
             dev.stop()
@@ -134,10 +129,7 @@ def main() -> int:
     # Events accepted in the window: loadgen's rate over the window (its first
     # 3 s, before the window, are left out of both the CPU and the events).
     window_events = accepted / max(float(report.get("elapsed_s", 0)), 1e-9) * window_s
-    cpu = {}
-    for pid, name in processes.items():
-        key = name if name not in cpu else f"{name}-{pid}"
-        cpu[key] = round(cpu_used[pid] / max(window_events, 1) * 1e6, 3)
+    cpu = {name: round(used / max(window_events, 1) * 1e6, 3) for name, used in cpu_used.items()}
     result = {
         "offered_events_per_s": args.rate,
         "loadgen": summary[-1] if summary else "",

@@ -269,7 +269,7 @@ class Run:
     cpu_us_per_event: dict[str, float]
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -284,7 +284,7 @@ def _drive(
     watch: dict[str, int],
     fleet: str = "synthetic",
 ) -> Run:
-    cpu_before = {name: _cpu_seconds(pid) for name, pid in watch.items()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
     wall = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -316,7 +316,7 @@ def _drive(
         results.append(json.loads(out))
     wall = time.perf_counter() - wall
     # Server-side shares over the whole phase (incl. the clients' ~1 s start-up).
-    cpu_used = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in watch.items()}
+    cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watch.items()}
     cpu_share = {name: used / wall for name, used in cpu_used.items()}
     ok = sum(int(r["ok"]) for r in results)
     events = max(1, ok * EVENTS_PER_REQUEST)
