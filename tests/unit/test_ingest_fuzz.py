@@ -36,6 +36,7 @@ from ingest_gateway.validation import BatchRejected, Undecodable, to_batch
 from schemas.event_rules import MAX_EVENT_AGE_LIMIT_S
 from schemas.heatmap.v1 import heatmap_pb2
 from schemas.touch_batch import TouchBatch, decode_batch
+from tests.wire_support import I32, I64, LEN, VARINT, length_delimited, tag, varint
 
 NOW_MS = 1_795_000_000_123
 DAY_MS = 86_400_000
@@ -47,36 +48,6 @@ FUZZ = settings(
 )
 
 # ------------------------------------------------------------ wire encoding
-
-VARINT, I64, LEN, I32 = 0, 1, 2, 5
-
-
-def varint(value: int, extra: int = 0) -> bytes:
-    """``value`` as a varint (two's complement for negatives, as int64 fields are);
-    ``extra`` > 0 writes that many redundant continuation bytes (non-minimal)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if not value:
-            break
-        out.append(low | 0x80)
-    if extra:  # the last group still flagged "more", then zero groups
-        out.append(low | 0x80)
-        out.extend(b"\x80" * (extra - 1) + b"\x00")
-    else:
-        out.append(low)
-    return bytes(out)
-
-
-def tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def length_delimited(number: int, payload: bytes) -> bytes:
-    return tag(number, LEN) + varint(len(payload)) + payload
-
 
 # ------------------------------------------------------------ strategies
 

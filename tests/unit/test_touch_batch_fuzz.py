@@ -36,6 +36,7 @@ from schemas.touch_batch import (
     decode_batches,
     encode_batch,
 )
+from tests.wire_support import length_delimited, tag, varint
 from tests.worker_support import fleet_batches
 
 RECEIVED_MS = 1_795_000_000_000
@@ -44,31 +45,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-
-
-def varint(value: int, extra: int = 0) -> bytes:
-    """``value`` as protobuf writes it (negative: 10 bytes), plus ``extra`` redundant bytes."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if not value:
-            break
-        out.append(low | 0x80)
-    if extra:  # the last group with its continuation bit, then zero groups
-        out += bytes([low | 0x80]) + b"\x80" * (extra - 1) + b"\x00"
-    else:
-        out.append(low)
-    return bytes(out)
-
-
-def tag(number: int, wire_type: int) -> bytes:
-    return varint(number << 3 | wire_type)
-
-
-def delimited(number: int, payload: bytes) -> bytes:
-    return tag(number, 2) + varint(len(payload)) + payload
 
 
 # Column name -> field number, varint (True) or float (False).
@@ -162,15 +138,15 @@ def column_field(
     if encoding == "split" and len(encoded) > 1:
         cut = draw(st.integers(1, len(encoded) - 1))
         return [
-            delimited(number, b"".join(encoded[:cut])),
-            delimited(number, b"".join(encoded[cut:])),
+            length_delimited(number, b"".join(encoded[:cut])),
+            length_delimited(number, b"".join(encoded[cut:])),
         ]
     payload = b"".join(encoded)
     if not valid and draw(st.integers(0, 29)) == 0 and payload:  # a chunk ending mid-value
         payload = payload[:-1] + bytes([payload[-1] | 0x80]) if is_varint else payload[:-1]
-    fragments = [delimited(number, payload)]
+    fragments = [length_delimited(number, payload)]
     if encoding == "empty+packed":
-        fragments.insert(0, delimited(number, b""))
+        fragments.insert(0, length_delimited(number, b""))
     return fragments
 
 
@@ -186,12 +162,12 @@ def messages(draw: st.DrawFn, valid: bool = False) -> bytes:
     campaigns = draw(st.lists(st.sampled_from(["", "c", "spring"]), min_size=0, max_size=2))
     fragments = [
         tag(1, 0) + varint(draw(st.sampled_from([1] * 12 + [0, 2]))),
-        delimited(2, draw(st.sampled_from([b"user-1"] * 6 + [b"", b"u\xc3\xa9", b"\xff"]))),
-        delimited(3, draw(st.sampled_from([b"b-1"] * 8 + [b""]))),
+        length_delimited(2, draw(st.sampled_from([b"user-1"] * 6 + [b"", b"u\xc3\xa9", b"\xff"]))),
+        length_delimited(3, draw(st.sampled_from([b"b-1"] * 8 + [b""]))),
         tag(4, 0) + varint(draw(st.integers(0, 2))),
         tag(5, 0) + varint(draw(st.sampled_from([RECEIVED_MS] * 8 + [0, -1]))),
-        *(delimited(6, s.encode()) for s in screens),
-        *(delimited(8, c.encode()) for c in campaigns),
+        *(length_delimited(6, s.encode()) for s in screens),
+        *(length_delimited(8, c.encode()) for c in campaigns),
     ]
     for name in COLUMNS:
         length = n if draw(st.integers(0, 29)) else draw(st.integers(0, 7))
@@ -199,7 +175,9 @@ def messages(draw: st.DrawFn, valid: bool = False) -> bytes:
         values = draw(column_values(name, length, size, False))
         fragments += draw(column_field(name, values, False))
     if draw(st.integers(0, 19)) == 0:
-        fragments.append(draw(st.sampled_from([tag(99, 0) + varint(5), delimited(98, b"zz")])))
+        fragments.append(
+            draw(st.sampled_from([tag(99, 0) + varint(5), length_delimited(98, b"zz")]))
+        )
     if draw(st.booleans()):
         fragments = draw(st.permutations(fragments))
     data = b"".join(fragments)
@@ -215,12 +193,12 @@ def valid_messages(draw: st.DrawFn) -> bytes:
     campaigns = ["", "spring"]
     fragments = [
         tag(1, 0) + varint(1),
-        delimited(2, b"user-1"),
-        delimited(3, b"b-1"),
+        length_delimited(2, b"user-1"),
+        length_delimited(3, b"b-1"),
         tag(4, 0) + varint(draw(st.integers(0, 1))),
         tag(5, 0) + varint(RECEIVED_MS),
-        *(delimited(6, name.encode()) for name in screens),
-        *(delimited(8, c.encode()) for c in campaigns),
+        *(length_delimited(6, name.encode()) for name in screens),
+        *(length_delimited(8, c.encode()) for c in campaigns),
     ]
     for name in COLUMNS:
         size = len(screens) if name == "screen_index" else len(campaigns)
