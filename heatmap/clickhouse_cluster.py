@@ -11,8 +11,8 @@ stay that way. For a cluster this module derives, statement by statement:
   ``{database}`` and ``{table}`` are filled in by ClickHouse itself);
 * beside it a ``Distributed`` table ``t_all`` (see ``distributed_name``) over
   the cluster, the table to READ through;
-* ``ALTER TABLE`` / ``DROP TABLE`` get ``ON CLUSTER`` (column changes and
-  drops are mirrored on ``t_all``); any other statement is refused, so a new
+* ``ALTER TABLE`` / ``DROP TABLE`` get ``ON CLUSTER`` (column changes other than
+  codec-only ones, and drops, are mirrored on ``t_all``); any other statement is refused, so a new
   kind of migration has to teach this module how to run it on a cluster.
 
 Where writes go (docs/operations.md, "ClickHouse on a cluster"): the worker's
@@ -81,6 +81,10 @@ _DROP_TABLE = re.compile(
 )
 _COLUMN_COMMAND = re.compile(
     r"^\s*(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.IGNORECASE | re.DOTALL
+)
+# MODIFY COLUMN c CODEC(...) without a type: a change of the stored parts only.
+_CODEC_ONLY = re.compile(
+    r"^\s*MODIFY\s+COLUMN\s+(IF\s+EXISTS\s+)?\S+\s+CODEC\s*\(", re.IGNORECASE | re.DOTALL
 )
 _CLUSTER_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -207,10 +211,13 @@ def _alter_table(match: re.Match[str], cluster: str, database: str) -> list[str]
     commands = _split_top_level(rest, ",")
     if all(_COLUMN_COMMAND.match(c) for c in commands):
         # Column changes are mirrored on the Distributed table (it has the same columns);
-        # codecs and TTLs do not apply there, so only the column definition matters.
-        out.append(
-            f"ALTER TABLE {_qualified(database, distributed_name(name))} {_on(cluster)} {rest}"
-        )
+        # a codec-only change is not: codecs belong to stored parts, and it stores none.
+        mirrored = [c.strip() for c in commands if not _CODEC_ONLY.match(c)]
+        if mirrored:
+            out.append(
+                f"ALTER TABLE {_qualified(database, distributed_name(name))} {_on(cluster)} "
+                + ", ".join(mirrored)
+            )
     return out
 
 

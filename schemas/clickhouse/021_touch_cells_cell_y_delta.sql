@@ -5,11 +5,9 @@
 -- (docs/operations.md, "Storage"). In the per-user table the runs are short
 -- and T64 stays the smaller one (Delta measured 1.170 against 1.071).
 --
--- The ALTER carries a setting, so `migrate --cluster` runs it ON CLUSTER on
--- the local replicated table only (codecs mean nothing on the Distributed
--- twin). The codec applies to new parts; older parts keep T64 until a merge
--- rewrites them (docs/operations.md, "Storage").
+-- A codec-only change: `migrate --cluster` runs it ON CLUSTER on the local
+-- replicated table only (the Distributed twin stores no parts). The codec
+-- applies to new parts; older parts keep T64 until a merge rewrites them
+-- (docs/operations.md, "Storage").
 
-ALTER TABLE touch_cells
-    MODIFY COLUMN cell_y CODEC(Delta, ZSTD(1)),
-    MODIFY SETTING default_compression_codec = 'ZSTD(1)';
+ALTER TABLE touch_cells MODIFY COLUMN cell_y CODEC(Delta, ZSTD(1));

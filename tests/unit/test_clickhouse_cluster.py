@@ -136,6 +136,14 @@ def test_alter_and_drop_run_on_cluster_and_mirror_on_the_distributed_table() -> 
         f"ALTER TABLE `{DB}`.`touch_cells_all` ON CLUSTER `{CLUSTER}` ADD COLUMN IF NOT EXISTS os "
         "LowCardinality(String) DEFAULT ''",
     ]
+    codec = cluster_statements(
+        "ALTER TABLE touch_cells MODIFY COLUMN cell_y CODEC(Delta, ZSTD(1))", "c", DB
+    )
+    assert len(codec) == 1  # codecs belong to stored parts: the Distributed table has none
+    mixed = cluster_statements(
+        "ALTER TABLE touch_cells MODIFY COLUMN cell_y CODEC(T64), ADD COLUMN os String", "c", DB
+    )
+    assert mixed[1] == f"ALTER TABLE `{DB}`.`touch_cells_all` ON CLUSTER `c` ADD COLUMN os String"
     ttl = cluster_statements("ALTER TABLE touch_cells MODIFY TTL hour + INTERVAL 1 YEAR", "c", DB)
     assert len(ttl) == 1  # not a column change: the Distributed table has no TTL
     dropped = cluster_statements("DROP TABLE IF EXISTS touch_cells_64", "c", DB)
