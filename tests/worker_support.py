@@ -46,6 +46,19 @@ TABLE_KEYS = {
     "touch_cells_64": "screen_name, campaign_id, event_type, toUnixTimestamp(hour), cell_x, cell_y",
 }
 
+# The stored columns of an all-users cell table (touch_cells, touch_cells_64), in
+# table order: for tests that insert rows by hand.
+TOUCH_CELLS_COLUMNS = [
+    "screen_name",
+    "campaign_id",
+    "event_type",
+    "hour",
+    "cell_x",
+    "cell_y",
+    "events",
+    "source_offset",
+]
+
 
 def fleet_start() -> dt.datetime:
     """00:00 UTC on the 2nd of last month: the worker tests' fleet span.

@@ -9,6 +9,7 @@ from clickhouse_connect.driver.client import Client
 
 from heatmap.clickhouse import connect
 from heatmap.settings import ClickHouseSettings
+from tests.worker_support import TOUCH_CELLS_COLUMNS
 
 
 def codecs(client: Client, table: str) -> dict[str, str]:
@@ -57,16 +58,7 @@ def test_counts_survive_merges_under_the_codecs(clickhouse: ClickHouseSettings) 
             client.insert(
                 "touch_cells",
                 rows,
-                column_names=[
-                    "screen_name",
-                    "campaign_id",
-                    "event_type",
-                    "hour",
-                    "cell_x",
-                    "cell_y",
-                    "events",
-                    "source_offset",
-                ],
+                column_names=TOUCH_CELLS_COLUMNS,
             )
         client.command("OPTIMIZE TABLE touch_cells FINAL")
         parts = client.query(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from heatmap.clickhouse import connect, load_migrations, migrate
 from heatmap.settings import ClickHouseSettings
+from tests.worker_support import TOUCH_CELLS_COLUMNS
 
 
 def test_migrate_twice_is_idempotent_then_insert_and_select(
@@ -31,16 +32,7 @@ def test_migrate_twice_is_idempotent_then_insert_and_select(
         client.insert(
             "touch_cells",
             rows,
-            column_names=[
-                "screen_name",
-                "campaign_id",
-                "event_type",
-                "hour",
-                "cell_x",
-                "cell_y",
-                "events",
-                "source_offset",
-            ],
+            column_names=TOUCH_CELLS_COLUMNS,
         )
         result = client.query(
             "SELECT screen_name, event_type_name, sum(events) FROM touch_cells "
