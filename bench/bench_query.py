@@ -69,7 +69,6 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect, migrate
-from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
 from heatmap_devtools.fleet import FLEET_KINDS, Fleet, FleetSpec
 from query_api import heatmap_query
@@ -77,6 +76,7 @@ from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
+from tests.grpc_support import serving
 
 CHUNK = 2_000_000
 SECRET = "bench-secret-0123456789-0123456789-abcdef"
@@ -561,98 +561,87 @@ async def measure(
 ) -> dict[str, Any]:
     registry = CollectorRegistry()
     service = QueryService(settings, registry, client, FileScreenshotStore(tmp / "shots"))
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def stop_signal() -> None:
-        await stop.wait()
-
-    server = asyncio.create_task(
-        serve(settings, [service], registry, on_ready=ready.set_result, stop_signal=stop_signal)
-    )
-    port = await asyncio.wait_for(ready, 60)
     metadata = (("authorization", "Bearer " + mint_token(SECRET, "bench", [VIEW_HEATMAPS])),)
     results: dict[str, Any] = {}
-    try:
-        async with grpc.aio.insecure_channel(
+    async with (
+        serving(settings, [service], registry) as port,
+        grpc.aio.insecure_channel(
             f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)]
-        ) as channel:
-            stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
-            for shape in shapes(client, spec):
-                # Same answer both ways first.
-                for request, params in zip(shape.requests, shape.raw_params, strict=True):
-                    reply = await stub.QueryHeatmapData(request, metadata=metadata, timeout=120)
-                    raw_rows = client.query(shape.raw_sql, parameters=params).result_rows
-                    assert reply.total_count == sum(r[-1] for r in raw_rows), shape.name
-                    assert len(reply.data_points) == len(raw_rows), shape.name
-                turn = {"i": 0}
+        ) as channel,
+    ):
+        stub = heatmap_pb2_grpc.HeatmapServiceStub(channel)
+        for shape in shapes(client, spec):
+            # Same answer both ways first.
+            for request, params in zip(shape.requests, shape.raw_params, strict=True):
+                reply = await stub.QueryHeatmapData(request, metadata=metadata, timeout=120)
+                raw_rows = client.query(shape.raw_sql, parameters=params).result_rows
+                assert reply.total_count == sum(r[-1] for r in raw_rows), shape.name
+                assert len(reply.data_points) == len(raw_rows), shape.name
+            turn = {"i": 0}
 
-                async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
-                    params = shape.raw_params[turn["i"] % len(shape.raw_params)]
-                    turn["i"] += 1
-                    await asyncio.to_thread(client.query, shape.raw_sql, parameters=params)
+            async def raw_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                params = shape.raw_params[turn["i"] % len(shape.raw_params)]
+                turn["i"] += 1
+                await asyncio.to_thread(client.query, shape.raw_sql, parameters=params)
 
-                async def cells_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
-                    request = shape.requests[turn["i"] % len(shape.requests)]
-                    turn["i"] += 1
-                    plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
-                    await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
+            async def cells_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                request = shape.requests[turn["i"] % len(shape.requests)]
+                turn["i"] += 1
+                plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
+                await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
 
-                async def users_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
-                    request = shape.requests[turn["i"] % len(shape.requests)]
-                    turn["i"] += 1
-                    plan = heatmap_query.plan_unique_users(heatmap_query.parse_request(request))
-                    await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
+            async def users_sql_call(shape: Shape = shape, turn: dict[str, int] = turn) -> None:
+                request = shape.requests[turn["i"] % len(shape.requests)]
+                turn["i"] += 1
+                plan = heatmap_query.plan_unique_users(heatmap_query.parse_request(request))
+                await asyncio.to_thread(client.query, plan.sql, parameters=plan.parameters)
 
-                calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
-                users_calls = args.unique_users_calls or calls
-                all_users = shape.requests[0].mode != pb.PER_USER
-                with_users: dict[str, float] = {}
-                users_sql: dict[str, float] = {}
-                cells = pct(await client_process(port, shape, calls, tmp))
-                if all_users:  # the same requests asking for unique users, right after
-                    asking = []
-                    for request in shape.requests:
-                        copy = pb.QueryHeatmapDataRequest()
-                        copy.CopyFrom(request)
-                        copy.unique_users = True
-                        asking.append(copy)
-                    asked = replace(shape, name=shape.name + "_unique_users", requests=asking)
-                    answer = await stub.QueryHeatmapData(asking[0], metadata=metadata, timeout=600)
-                    assert answer.unique_users > 0, shape.name
-                    with_users = pct(await client_process(port, asked, users_calls, tmp))
-                    users_sql = pct(await timed(users_sql_call, min(args.raw_calls, users_calls)))
-                cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
-                raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
-                results[shape.name] = {
-                    "cells_grpc": cells,
-                    "cells_grpc_with_unique_users": with_users,
-                    "unique_users_sql": users_sql,
-                    "cells_sql": cells_sql,
-                    "raw_sql": raw,
-                    "ratio_sql_p50": round(raw["p50_ms"] / cells_sql["p50_ms"], 1),
-                    "ratio_p50": round(raw["p50_ms"] / cells["p50_ms"], 1),
-                    "ratio_p99": round(raw["p99_ms"] / cells["p99_ms"], 1),
-                    "points": len(reply.data_points),
-                }
+            calls = args.calls if "g512" not in shape.name else max(5, args.calls // 10)
+            users_calls = args.unique_users_calls or calls
+            all_users = shape.requests[0].mode != pb.PER_USER
+            with_users: dict[str, float] = {}
+            users_sql: dict[str, float] = {}
+            cells = pct(await client_process(port, shape, calls, tmp))
+            if all_users:  # the same requests asking for unique users, right after
+                asking = []
+                for request in shape.requests:
+                    copy = pb.QueryHeatmapDataRequest()
+                    copy.CopyFrom(request)
+                    copy.unique_users = True
+                    asking.append(copy)
+                asked = replace(shape, name=shape.name + "_unique_users", requests=asking)
+                answer = await stub.QueryHeatmapData(asking[0], metadata=metadata, timeout=600)
+                assert answer.unique_users > 0, shape.name
+                with_users = pct(await client_process(port, asked, users_calls, tmp))
+                users_sql = pct(await timed(users_sql_call, min(args.raw_calls, users_calls)))
+            cells_sql = pct(await timed(cells_sql_call, args.raw_calls))
+            raw = pct(await timed(raw_call, args.raw_calls, warmup=1))
+            results[shape.name] = {
+                "cells_grpc": cells,
+                "cells_grpc_with_unique_users": with_users,
+                "unique_users_sql": users_sql,
+                "cells_sql": cells_sql,
+                "raw_sql": raw,
+                "ratio_sql_p50": round(raw["p50_ms"] / cells_sql["p50_ms"], 1),
+                "ratio_p50": round(raw["p50_ms"] / cells["p50_ms"], 1),
+                "ratio_p99": round(raw["p99_ms"] / cells["p99_ms"], 1),
+                "points": len(reply.data_points),
+            }
+            print(
+                f"  {shape.name:28s} cells gRPC p50 {cells['p50_ms']:8.2f} ms"
+                f"  p99 {cells['p99_ms']:8.2f} ms | cells SQL p50 {cells_sql['p50_ms']:7.2f} ms"
+                f" | raw SQL p50 {raw['p50_ms']:8.2f} ms"
+                f"  p99 {raw['p99_ms']:8.2f} ms | x{results[shape.name]['ratio_p50']} (p50)"
+                f"  points {len(reply.data_points)}",
+                flush=True,
+            )
+            if all_users:
                 print(
-                    f"  {shape.name:28s} cells gRPC p50 {cells['p50_ms']:8.2f} ms"
-                    f"  p99 {cells['p99_ms']:8.2f} ms | cells SQL p50 {cells_sql['p50_ms']:7.2f} ms"
-                    f" | raw SQL p50 {raw['p50_ms']:8.2f} ms"
-                    f"  p99 {raw['p99_ms']:8.2f} ms | x{results[shape.name]['ratio_p50']} (p50)"
-                    f"  points {len(reply.data_points)}",
+                    f"  {'':28s} with unique users: gRPC p50 {with_users['p50_ms']:8.2f} ms"
+                    f"  p99 {with_users['p99_ms']:8.2f} ms | unique-users SQL alone p50 "
+                    f"{users_sql['p50_ms']:7.2f} ms  p99 {users_sql['p99_ms']:7.2f} ms",
                     flush=True,
                 )
-                if all_users:
-                    print(
-                        f"  {'':28s} with unique users: gRPC p50 {with_users['p50_ms']:8.2f} ms"
-                        f"  p99 {with_users['p99_ms']:8.2f} ms | unique-users SQL alone p50 "
-                        f"{users_sql['p50_ms']:7.2f} ms  p99 {users_sql['p99_ms']:7.2f} ms",
-                        flush=True,
-                    )
-    finally:
-        stop.set()
-        await server
     return results
 
 

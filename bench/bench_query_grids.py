@@ -37,12 +37,12 @@ from prometheus_client import CollectorRegistry
 
 from bench.bench_query import SECRET, Shape, client_process
 from heatmap.clickhouse import connect, migrate
-from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
 from query_api import heatmap_query
 from query_api.app import QueryService
 from query_api.screenshots import FileScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
+from tests.grpc_support import serving
 
 GRIDS = (8, 64, 512)
 # bench_query.run_client warms up with the same number of calls.
@@ -69,77 +69,60 @@ async def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any
     ).result_rows[0][0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-query-grids-"))
     service = QueryService(settings, CollectorRegistry(), client, FileScreenshotStore(tmp))
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def stop_signal() -> None:
-        await stop.wait()
-
-    server = asyncio.create_task(
-        serve(
-            settings,
-            [service],
-            CollectorRegistry(),
-            on_ready=ready.set_result,
-            stop_signal=stop_signal,
-        )
-    )
-    port = await asyncio.wait_for(ready, 60)
     rows: dict[int, list[dict[str, float]]] = {g: [] for g in GRIDS}
     try:
-        for repeat in range(args.repeats):
-            for grid in GRIDS:
-                request = pb.QueryHeatmapDataRequest(screen_name=screen, grid_size=grid)
-                plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
-                answer = (await service.query(request)).message()
-                sql_rows = client.query(plan.sql, parameters=plan.parameters).result_rows
-                assert answer.total_count == sum(r[1] for r in sql_rows), grid
-                assert len(answer.data_points) == len(sql_rows), grid
-                calls = args.calls if grid < 512 else max(5, args.calls // 3)
-                per_block = max(1, calls // args.blocks)
-                shape = Shape(f"grid{grid}", [request], raw_sql="", raw_params=[])
+        async with serving(settings, [service]) as port:
+            for repeat in range(args.repeats):
+                for grid in GRIDS:
+                    request = pb.QueryHeatmapDataRequest(screen_name=screen, grid_size=grid)
+                    plan = heatmap_query.plan(heatmap_query.parse_request(request), 200_000)
+                    answer = (await service.query(request)).message()
+                    sql_rows = client.query(plan.sql, parameters=plan.parameters).result_rows
+                    assert answer.total_count == sum(r[1] for r in sql_rows), grid
+                    assert len(answer.data_points) == len(sql_rows), grid
+                    calls = args.calls if grid < 512 else max(5, args.calls // 3)
+                    per_block = max(1, calls // args.blocks)
+                    shape = Shape(f"grid{grid}", [request], raw_sql="", raw_params=[])
 
-                async def grpc_phase(s: Shape = shape, n: int = per_block) -> list[float]:
-                    return await client_process(port, s, n, tmp)
+                    async def grpc_phase(s: Shape = shape, n: int = per_block) -> list[float]:
+                        return await client_process(port, s, n, tmp)
 
-                async def sql_phase(
-                    p: heatmap_query.Plan = plan, n: int = per_block
-                ) -> list[float]:
-                    out = []
-                    for i in range(WARMUP + n):
-                        started = time.perf_counter()
-                        await asyncio.to_thread(
-                            client.query, p.sql, parameters=p.parameters, use_numpy=True
-                        )
-                        if i >= WARMUP:
-                            out.append(time.perf_counter() - started)
-                    return out
+                    async def sql_phase(
+                        p: heatmap_query.Plan = plan, n: int = per_block
+                    ) -> list[float]:
+                        out = []
+                        for i in range(WARMUP + n):
+                            started = time.perf_counter()
+                            await asyncio.to_thread(
+                                client.query, p.sql, parameters=p.parameters, use_numpy=True
+                            )
+                            if i >= WARMUP:
+                                out.append(time.perf_counter() - started)
+                        return out
 
-                via_grpc: list[float] = []
-                sql: list[float] = []
-                cpu = {"grpc": 0.0, "sql": 0.0}
-                for block in range(args.blocks):
-                    phases: list[tuple[str, Callable[[], Awaitable[list[float]]], list[float]]]
-                    phases = [("grpc", grpc_phase, via_grpc), ("sql", sql_phase, sql)]
-                    for name, phase, samples in phases[:: 1 if block % 2 == 0 else -1]:
-                        latencies, cpu_ms = await _cpu_per_call(phase, per_block)
-                        samples.extend(latencies)
-                        cpu[name] += cpu_ms / args.blocks
-                row = {
-                    "points": len(answer.data_points),
-                    "grpc_p50_ms": _ms(via_grpc, 50),
-                    "grpc_p99_ms": _ms(via_grpc, 99),
-                    "sql_p50_ms": _ms(sql, 50),
-                    "sql_p99_ms": _ms(sql, 99),
-                    "ratio_p50": round(_ms(via_grpc, 50) / _ms(sql, 50), 2),
-                    "server_cpu_ms_per_call": round(cpu["grpc"], 2),
-                    "sql_cpu_ms_per_call": round(cpu["sql"], 2),
-                }
-                rows[grid].append(row)
-                print(f"repeat {repeat + 1} grid {grid:3d}: {json.dumps(row)}", flush=True)
+                    via_grpc: list[float] = []
+                    sql: list[float] = []
+                    cpu = {"grpc": 0.0, "sql": 0.0}
+                    for block in range(args.blocks):
+                        phases: list[tuple[str, Callable[[], Awaitable[list[float]]], list[float]]]
+                        phases = [("grpc", grpc_phase, via_grpc), ("sql", sql_phase, sql)]
+                        for name, phase, samples in phases[:: 1 if block % 2 == 0 else -1]:
+                            latencies, cpu_ms = await _cpu_per_call(phase, per_block)
+                            samples.extend(latencies)
+                            cpu[name] += cpu_ms / args.blocks
+                    row = {
+                        "points": len(answer.data_points),
+                        "grpc_p50_ms": _ms(via_grpc, 50),
+                        "grpc_p99_ms": _ms(via_grpc, 99),
+                        "sql_p50_ms": _ms(sql, 50),
+                        "sql_p99_ms": _ms(sql, 99),
+                        "ratio_p50": round(_ms(via_grpc, 50) / _ms(sql, 50), 2),
+                        "server_cpu_ms_per_call": round(cpu["grpc"], 2),
+                        "sql_cpu_ms_per_call": round(cpu["sql"], 2),
+                    }
+                    rows[grid].append(row)
+                    print(f"repeat {repeat + 1} grid {grid:3d}: {json.dumps(row)}", flush=True)
     finally:
-        stop.set()
-        await server
         client.close()
     return {
         str(g): {k: statistics.median(r[k] for r in rows[g]) for k in rows[g][0]} for g in GRIDS

@@ -12,7 +12,6 @@ server's log line with it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -30,7 +29,6 @@ from prometheus_client import CollectorRegistry
 from heatmap.auth import VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect
 from heatmap.errors import DeadlineExceeded, InternalError, Unavailable
-from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, Settings
 from heatmap_devtools.localinfra.process import free_port
 from query_api.app import QueryService
@@ -38,6 +36,7 @@ from query_api.clickhouse_errors import clickhouse_error
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import serving
 
 VIEW = (("authorization", f"Bearer {mint_token(TEST_JWT_SECRET, 'analyst', [VIEW_HEATMAPS])}"),)
 REF = re.compile(r"\(ref ([0-9a-f]{16})\)$")
@@ -71,30 +70,11 @@ async def query_server(
     settings: Settings, client: Client | None = None
 ) -> AsyncIterator[heatmap_pb2_grpc.HeatmapServiceStub]:
     service = QueryService(settings, CollectorRegistry(), clickhouse_client=client)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    async def stop_signal() -> None:
-        await stop.wait()
-
-    task = asyncio.create_task(
-        serve(
-            settings,
-            [service],
-            CollectorRegistry(),
-            on_ready=ready.set_result,
-            stop_signal=stop_signal,
-        )
-    )
-    await asyncio.wait([task, ready], timeout=60, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-    if task.done():
-        task.result()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready.result()}") as channel:
-            yield heatmap_pb2_grpc.HeatmapServiceStub(channel)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    async with (
+        serving(settings, [service]) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield heatmap_pb2_grpc.HeatmapServiceStub(channel)
 
 
 async def failed(
