@@ -8,7 +8,6 @@ requests go over loopback TCP with aiohttp.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -31,7 +30,6 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
-from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, S3Settings, Settings
 from query_api.app import QueryService
 from query_api.explorer.http_app import STATIC_DIR
@@ -39,7 +37,8 @@ from query_api.explorer.server import ExplorerHttp
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
-from tests.integration.test_query_heatmap import H10, Ev, _waiter, insert_events, ts
+from tests.grpc_support import serving
+from tests.integration.test_query_heatmap import H10, Ev, insert_events, ts
 
 SERVICE = "/heatmap.v1.HeatmapService/"
 MAX_BODY = 1 << 20
@@ -95,36 +94,16 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
         max_body_bytes=MAX_BODY,
         shutdown_grace_s=2,
     )
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            settings,
-            [service, http],
-            registry,
-            on_ready=ready.set_result,
-            stop_signal=_waiter(stop),
+    async with (
+        serving(settings, [service, http], registry) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+        aiohttp.ClientSession() as session,
+    ):
+        yield Stack(
+            heatmap_pb2_grpc.HeatmapServiceStub(channel),
+            session,
+            f"http://127.0.0.1:{http.bound_port}",
         )
-    )
-    waiting: list[asyncio.Future[Any]] = [task, ready]
-    done, _ = await asyncio.wait(waiting, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        stop.set()
-        await task
-        raise AssertionError("server did not start")
-    try:
-        async with (
-            grpc.aio.insecure_channel(f"127.0.0.1:{ready.result()}") as channel,
-            aiohttp.ClientSession() as session,
-        ):
-            yield Stack(
-                heatmap_pb2_grpc.HeatmapServiceStub(channel),
-                session,
-                f"http://127.0.0.1:{http.bound_port}",
-            )
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
     # Stopped with the server: the port is free again.
     with contextlib.closing(socket.socket()) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -15,12 +15,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from heatmap.auth import mint_token
-from heatmap.serve import serve
 from heatmap.settings import KafkaSettings, Settings
 from ingest_gateway.app import Gateway
 from ingest_gateway.publisher import EventPublisher
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import serving
 
 INGEST = "/heatmap.v1.HeatmapService/IngestTouchEvents"
 
@@ -52,29 +52,14 @@ async def running_gateway(
     """The real ``serve()`` with a Gateway on a loopback port 0; stopped on exit."""
     registry = CollectorRegistry()
     gateway = Gateway(settings, registry, publisher)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[int] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def stop_signal() -> None:
-        await stop.wait()
-
-    task = asyncio.create_task(
-        serve(settings, [gateway], registry, on_ready=ready.set_result, stop_signal=stop_signal)
-    )
-    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-    if task.done():
-        task.result()  # raises what failed
-    port = ready.result()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            running = Running(port, gateway, registry, channel)
-            if wait_serving:
-                await wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
-            yield running
-    finally:
-        stop.set()
-        await task
+    async with (
+        serving(settings, [gateway], registry) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        running = Running(port, gateway, registry, channel)
+        if wait_serving:
+            await wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        yield running
 
 
 async def wait_health(channel: grpc.aio.Channel, status: int, timeout_s: float = 30.0) -> None:

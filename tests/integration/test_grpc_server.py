@@ -13,15 +13,14 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_tools import protoc
-from prometheus_client import CollectorRegistry
 
 from heatmap.auth import Authenticator
 from heatmap.grpc_server import ServiceInterceptor, bind, init_health, new_server
 from heatmap.reflection import V1_SERVICE_NAME
-from heatmap.serve import serve
 from heatmap.settings import AuthSettings, Settings
 from schemas.heatmap.v1 import heatmap_pb2, heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
+from tests.grpc_support import serving
 from tests.integration.test_gateway_support import auth
 
 
@@ -152,25 +151,11 @@ def v1_messages(workdir: Path) -> tuple[Any, Any]:
 async def served(base_settings: Settings) -> AsyncIterator[grpc.aio.Channel]:
     """The real ``serve()`` (no components) on loopback."""
     settings = replace(base_settings, server=replace(base_settings.server, metrics_port=0))
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[int] = loop.create_future()
-    stop = asyncio.Event()
-
-    async def stop_signal() -> None:
-        await stop.wait()
-
-    task = asyncio.create_task(
-        serve(settings, [], CollectorRegistry(), on_ready=ready.set_result, stop_signal=stop_signal)
-    )
-    await asyncio.wait([ready, task], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
-    if task.done():
-        task.result()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{ready.result()}") as channel:
-            yield channel
-    finally:
-        stop.set()
-        await task
+    async with (
+        serving(settings, []) as port,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        yield channel
 
 
 @pytest.mark.parametrize("version", ["v1", "v1alpha"])

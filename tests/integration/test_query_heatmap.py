@@ -14,7 +14,7 @@ import datetime as dt
 import itertools
 import random
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,14 +29,13 @@ from prometheus_client import CollectorRegistry
 
 from heatmap.auth import MANAGE_HEATMAPS, VIEW_HEATMAPS, mint_token
 from heatmap.clickhouse import connect
-from heatmap.serve import serve
 from heatmap.settings import ClickHouseSettings, QuerySettings, Settings
 from query_api.app import QueryService
 from query_api.screenshots import ScreenshotStore
 from schemas.heatmap.v1 import heatmap_pb2 as pb
 from schemas.heatmap.v1 import heatmap_pb2_grpc
 from tests.conftest import TEST_JWT_SECRET
-from tests.grpc_support import bad_request_fields
+from tests.grpc_support import bad_request_fields, serving
 
 H10 = dt.datetime(2026, 11, 27, 10, tzinfo=dt.UTC)
 
@@ -173,13 +172,6 @@ def md(*permissions: str, user: str = "analyst") -> tuple[tuple[str, str], ...]:
 VIEW = md(VIEW_HEATMAPS)
 
 
-def _waiter(event: asyncio.Event) -> Callable[[], Awaitable[None]]:
-    async def wait() -> None:
-        await event.wait()
-
-    return wait
-
-
 @contextlib.asynccontextmanager
 async def query_api(
     settings: Settings,
@@ -189,34 +181,14 @@ async def query_api(
     """(channel, service, target): QueryService behind heatmap.serve on loopback."""
     registry = registry or CollectorRegistry()
     service = QueryService(settings, registry, screenshots=screenshots)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve(
-            settings,
-            [service],
-            registry,
-            on_ready=ready.set_result,
-            stop_signal=_waiter(stop),
-        )
-    )
-    waiting: list[asyncio.Future[Any]] = [task, ready]
-    done, _ = await asyncio.wait(waiting, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if ready not in done:
-        stop.set()
-        await task  # raises the start-up error
-        raise AssertionError("server did not start")
     options = [
         ("grpc.max_send_message_length", 32 << 20),
         ("grpc.max_receive_message_length", 32 << 20),
     ]
-    try:
-        target = f"127.0.0.1:{ready.result()}"
+    async with serving(settings, [service], registry) as port:
+        target = f"127.0.0.1:{port}"
         async with grpc.aio.insecure_channel(target, options=options) as ch:
             yield ch, service, target
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture
