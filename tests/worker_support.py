@@ -48,7 +48,7 @@ TABLE_KEYS = {
 
 # The stored columns of an all-users cell table (touch_cells, touch_cells_64), in
 # table order: for tests that insert rows by hand.
-TOUCH_CELLS_COLUMNS = [
+TOUCH_CELLS_COLUMNS = (
     "screen_name",
     "campaign_id",
     "event_type",
@@ -57,7 +57,7 @@ TOUCH_CELLS_COLUMNS = [
     "cell_y",
     "events",
     "source_offset",
-]
+)
 
 
 def fleet_start() -> dt.datetime:
