@@ -30,8 +30,10 @@ run (each repetition: raw, then every variant), e.g.
 ``HEATMAP_FLUSH_MAX_CELLS`` to N (``k`` = 1000), ``noproj`` drops the
 tables' projections in the bench's fresh database (what they cost the
 worker's engine), ``lz4`` removes the migrations' column codecs there,
-``threadsN`` caps the engine's ``max_threads`` for the
-worker's session at N. ``--profile`` samples the worker's Python threads
+``threadsN`` caps the engine's ``max_threads`` for the worker's session at
+N (inserts in turn, on that session), ``insertsN`` sets
+``HEATMAP_INSERT_CONCURRENCY`` (a chunk's inserts in flight at once, each on
+its own connection) to N. ``--profile`` samples the worker's Python threads
 with py-spy (``pip install py-spy``) during the timed window of the last
 repetition and writes the hottest frames (self and inclusive shares).
 """
@@ -192,6 +194,7 @@ class Variant:
     drop_projections: bool = False
     default_codecs: bool = False
     max_threads: int | None = None
+    insert_concurrency: int | None = None
 
     @classmethod
     def parse(cls, name: str) -> Variant:
@@ -205,8 +208,13 @@ class Variant:
             n = name.removeprefix("flush")
             return cls(name, flush_max_cells=int(n[:-1]) * 1000 if n.endswith("k") else int(n))
         if name.startswith("threads"):
-            return cls(name, max_threads=int(name.removeprefix("threads")))
-        raise SystemExit(f"unknown variant {name!r} (default, noproj, lz4, flushN, threadsN)")
+            # The cap is set on the worker's own client: inserts stay on it.
+            return cls(name, max_threads=int(name.removeprefix("threads")), insert_concurrency=1)
+        if name.startswith("inserts"):
+            return cls(name, insert_concurrency=int(name.removeprefix("inserts")))
+        raise SystemExit(
+            f"unknown variant {name!r} (default, noproj, lz4, flushN, threadsN, insertsN)"
+        )
 
 
 def drop_projections(client: Any) -> None:
@@ -335,6 +343,8 @@ async def worker_run(
     worker_settings = settings.worker
     if variant.flush_max_cells is not None:
         worker_settings = replace(worker_settings, flush_max_cells=variant.flush_max_cells)
+    if variant.insert_concurrency is not None:
+        worker_settings = replace(worker_settings, insert_concurrency=variant.insert_concurrency)
     settings = replace(
         settings,
         clickhouse=ch,

@@ -269,6 +269,10 @@ class WorkerSettings:
     # makes fewer, larger parts for the engine to merge (bench_worker: 500 k
     # costs ~40 % less CPU per event than 200 k); capped at 500 k (one block).
     flush_max_cells: Annotated[_PositiveInt, Env("FLUSH_MAX_CELLS")] = 500_000
+    # Inserts of one chunk in flight at once, each on its own ClickHouse
+    # connection (one per table: the three run side by side instead of one
+    # after the other; bench_worker `inserts1` against `inserts3`). 1: in turn.
+    insert_concurrency: Annotated[int, Ge(1), Le(16), Env("INSERT_CONCURRENCY")] = 3
     clickhouse_retry_max_s: Annotated[_PositiveFloat, Env("CLICKHOUSE_RETRY_MAX_S")] = 30.0
     # Consumer-group timings: a dead worker's partitions move after the
     # session timeout; a revoke waits (up to the rebalance timeout) for the

@@ -188,6 +188,7 @@ class Worker:
         self.tuning = tuning or FaustTuning.from_settings(settings)
         self._client = clickhouse_client
         self._owns_client = clickhouse_client is None
+        self._insert_clients: list[Client] = []
         # A seam around the store (tests inject stalls into the insert path).
         self._wrap_store = wrap_store
         self._app: faust.App | None = None
@@ -231,7 +232,14 @@ class Worker:
         app = create_app(settings, self._data_dir, self.tuning)
         self._app = app
         dead_letters = DeadLetterTopic(app, settings.kafka.topic, settings.kafka.dlq_topic)
-        clickhouse_store = ClickHouseCellStore(self._client)
+        # Inserts side by side need a connection each; the first is the worker's own.
+        self._insert_clients = [
+            await asyncio.to_thread(connect, settings.clickhouse)
+            for _ in range(settings.worker.insert_concurrency - 1)
+        ]
+        clickhouse_store = ClickHouseCellStore(
+            self._client, insert_clients=[self._client, *self._insert_clients]
+        )
         store: CellStore = clickhouse_store
         if self._wrap_store is not None:
             store = self._wrap_store(store)
@@ -245,6 +253,7 @@ class Worker:
             ledger_entries=settings.worker.ledger_memory_entries,
             ledger_filter_bytes=settings.worker.ledger_filter_mb << 20,
             suppressions=clickhouse_store,
+            insert_concurrency=settings.worker.insert_concurrency,
         )
         register_agents(app, settings, self._processor)
         app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
@@ -375,6 +384,9 @@ class Worker:
             finally:
                 if give_up is not None:
                     give_up.cancel()
+        for client in self._insert_clients:
+            client.close()
+        self._insert_clients = []
         if self._owns_client and self._client is not None:
             self._client.close()
         self._client = None if self._owns_client else self._client

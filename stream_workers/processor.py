@@ -9,7 +9,8 @@ skipped, because Faust would commit past a single un-acked offset.
 
 Order of one flush (per chunk of at most ``chunk_events`` events, in offset
 order): ledger rows of new client batch ids, then per table and month ONE
-insert holding the rows and the marker rows, then the in-memory watermarks.
+insert holding the rows and the marker rows (up to ``insert_concurrency`` of
+them at once), then the in-memory watermarks.
 
 Fencing: each assignment gets an owner token; before the first flush of a
 partition the processor claims it in ClickHouse (and only then reads its
@@ -104,8 +105,12 @@ class Processor:
         ledger_entries: int = 200_000,
         ledger_filter_bytes: int = 32 << 20,
         suppressions: SuppressionStore | None = None,
+        insert_concurrency: int = 1,
     ) -> None:
         self.cells = store
+        # A chunk's inserts (one per table and month) in flight at once; the
+        # store needs as many clients (``ClickHouseCellStore(insert_clients=)``).
+        self._insert_slots = asyncio.Semaphore(max(1, insert_concurrency))
         # None: no suppression list (unit tests of the flush alone).
         self.suppression_store = suppressions
         self.suppressions = Suppressions()
@@ -433,8 +438,15 @@ class Processor:
         blocks, total = chunk.blocks, chunk.events
         if not total:
             return
-        for block in blocks:
-            await self._insert(block, owner)
+        # Side by side: each insert is a different (table, month), atomic with
+        # its own markers, so their order does not matter (docs/exactly-once.md);
+        # the chunk is done, and the next one starts, only when all have landed.
+        outcomes = await asyncio.gather(
+            *(self._insert(block, owner) for block in blocks), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if blocks:
             await self._check_owner(chunk.partitions, owner)
         for block in blocks:
@@ -474,7 +486,8 @@ class Processor:
                     return
             self.cells.insert_block(self.topic, block, owner)
 
-        await self._retry(f"insert into {block.table}", insert)
+        async with self._insert_slots:
+            await self._retry(f"insert into {block.table}", insert)
 
     async def _check_owner(self, partitions: Sequence[int], owner: str) -> None:
         await self._retry("ownership check", self._raise_if_fenced, partitions, owner)

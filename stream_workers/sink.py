@@ -16,6 +16,7 @@ partition of the block.
 from __future__ import annotations
 
 import logging
+import queue
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,11 @@ class ClickHouseCellStore:
 
     ``embedded``: the client is chDB (a fenced insert reads its block from a
     temporary file; a server reads it from the request body with ``input()``).
+    ``insert_clients``: the connections cell inserts take turns on, one insert
+    at a time each (default: ``client``). One client runs one call at a time,
+    so inserts from several threads run side by side only on several clients;
+    callers keep at most that many in flight (``Processor``), so none waits
+    for a client here.
     """
 
     def __init__(
@@ -117,8 +123,12 @@ class ClickHouseCellStore:
         *,
         embedded: bool | None = None,
         inflight_timeout_s: float = 600.0,
+        insert_clients: Sequence[Client] = (),
     ) -> None:
         self._client = client
+        self._insert_clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        for insert_client in insert_clients or (client,):
+            self._insert_clients.put(insert_client)
         self._embedded = type(client).__name__ == "ChdbClient" if embedded is None else embedded
         self._inflight_timeout_s = inflight_timeout_s
 
@@ -303,23 +313,27 @@ class ClickHouseCellStore:
             "n": len(partitions),
             "structure": structure,
         }
-        if self._embedded:
-            with tempfile.NamedTemporaryFile(prefix="heatmap-block-", suffix=".native") as tmp:
-                tmp.write(block.payload)
-                tmp.flush()
-                self._client.command(
-                    f"{head} FROM file({{path:String}}, 'Native', {{structure:String}}) "
-                    f"WHERE {condition}",
-                    parameters={**parameters, "path": tmp.name},
-                    settings=INSERT_SETTINGS,
-                )
-            return
-        self._client.command(
-            f"{head} FROM input({{structure:String}}) WHERE {condition} FORMAT Native",
-            parameters=parameters,
-            data=block.payload,
-            settings=INSERT_SETTINGS,
-        )
+        client = self._insert_clients.get()
+        try:
+            if self._embedded:
+                with tempfile.NamedTemporaryFile(prefix="heatmap-block-", suffix=".native") as tmp:
+                    tmp.write(block.payload)
+                    tmp.flush()
+                    client.command(
+                        f"{head} FROM file({{path:String}}, 'Native', {{structure:String}}) "
+                        f"WHERE {condition}",
+                        parameters={**parameters, "path": tmp.name},
+                        settings=INSERT_SETTINGS,
+                    )
+                return
+            client.command(
+                f"{head} FROM input({{structure:String}}) WHERE {condition} FORMAT Native",
+                parameters=parameters,
+                data=block.payload,
+                settings=INSERT_SETTINGS,
+            )
+        finally:
+            self._insert_clients.put(client)
 
     # ----------------------------------------------------------- suppression
 

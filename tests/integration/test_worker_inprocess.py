@@ -2,12 +2,14 @@
 
 Exact counts with duplicates, poison and late events; a full replay under a
 new consumer group changes nothing (the offset watermarks in ClickHouse);
-ClickHouse failing mid-run: retries, nothing committed, nothing lost.
+ClickHouse failing mid-run: retries, nothing committed, nothing lost; a
+chunk's three inserts in flight at once, each on its own connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import replace
 
@@ -17,8 +19,11 @@ from clickhouse_connect.driver.client import Client
 from heatmap.settings import Settings
 from schemas.kafka.v1 import touch_batch_pb2
 from schemas.touch_batch import encode_batch
+from stream_workers.aggregator import Block
 from stream_workers.app import Worker
+from stream_workers.sink import CellStore
 from tests.worker_support import (
+    StallingStore,
     assert_exact,
     committed_offsets,
     fleet_batches,
@@ -131,6 +136,50 @@ async def test_clickhouse_failing_retries_commits_nothing_and_recovers(
         client.command("ATTACH TABLE touch_cells")
     await wait_all_committed(settings)
     assert_exact(client, first + second)
+
+
+class OverlapProbe(StallingStore):
+    """Holds each cell insert until ``width`` of them are in flight (at most 10 s), then
+    lets it reach the real store; ``most`` is the largest number seen in flight."""
+
+    def __init__(self, inner: CellStore, width: int) -> None:
+        super().__init__(inner)
+        self.width = width
+        self.in_flight = 0
+        self.most = 0
+        self._changed = threading.Condition()
+
+    def insert_block(self, topic: str, block: Block, owner: str) -> None:
+        with self._changed:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.in_flight >= self.width, timeout=10)
+        try:
+            self.inner.insert_block(topic, block, owner)
+        finally:
+            with self._changed:
+                self.in_flight -= 1
+
+
+async def test_a_chunks_three_inserts_run_side_by_side_and_counts_stay_exact(
+    settings: Settings, client: Client, started: list[Worker]
+) -> None:
+    k = settings.kafka
+    assert k.bootstrap
+    assert settings.worker.insert_concurrency == 3  # the default
+    batches = fleet_batches(30, 500)
+    probes: list[OverlapProbe] = []
+
+    def probe(store: CellStore) -> CellStore:
+        probes.append(OverlapProbe(store, width=3))
+        return probes[-1]
+
+    await asyncio.to_thread(produce_batches, k.bootstrap, k.topic, batches)
+    await start_worker(settings, client, started, wrap_store=probe)
+    await wait_all_committed(settings)
+    assert probes[0].most == 3, "a chunk's inserts (one per table) did not overlap"
+    assert_exact(client, batches)
 
 
 async def test_two_workers_share_one_store_across_rebalances(
