@@ -371,25 +371,14 @@ def assert_exact(client: Client, batches: Sequence[TouchBatch]) -> None:
         assert got == expected[table], table
 
 
-class StallingStore:
-    """A ``CellStore`` whose cell inserts can be held before they reach ClickHouse.
-
-    The seam for a GC pause, a SIGSTOP or a slow network in the insert path:
-    once ``armed``, the next insert blocks its thread until ``release`` is
-    set (``stalled`` tells that one is being held), then goes on to the real
-    store as if nothing had happened.
-    """
+class DelegatingStore:
+    """A ``CellStore`` that hands every call to ``inner``: the base of the seams below,
+    which override ``insert_block``."""
 
     def __init__(self, inner: CellStore) -> None:
         self.inner = inner
-        self.armed = threading.Event()
-        self.stalled = threading.Event()
-        self.release = threading.Event()
 
     def insert_block(self, topic: str, block: Block, owner: str) -> None:
-        if self.armed.is_set() and not self.release.is_set():
-            self.stalled.set()
-            self.release.wait(300)
         self.inner.insert_block(topic, block, owner)
 
     def claim(self, topic: str, partitions: Sequence[int], owner: str) -> None:
@@ -414,6 +403,28 @@ class StallingStore:
 
     def block_landed(self, topic: str, block: Block) -> bool:
         return self.inner.block_landed(topic, block)
+
+
+class StallingStore(DelegatingStore):
+    """A ``CellStore`` whose cell inserts can be held before they reach ClickHouse.
+
+    The seam for a GC pause, a SIGSTOP or a slow network in the insert path:
+    once ``armed``, the next insert blocks its thread until ``release`` is
+    set (``stalled`` tells that one is being held), then goes on to the real
+    store as if nothing had happened.
+    """
+
+    def __init__(self, inner: CellStore) -> None:
+        super().__init__(inner)
+        self.armed = threading.Event()
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def insert_block(self, topic: str, block: Block, owner: str) -> None:
+        if self.armed.is_set() and not self.release.is_set():
+            self.stalled.set()
+            self.release.wait(300)
+        self.inner.insert_block(topic, block, owner)
 
 
 def _main(argv: Sequence[str]) -> int:

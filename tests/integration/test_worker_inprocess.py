@@ -23,7 +23,7 @@ from stream_workers.aggregator import Block
 from stream_workers.app import Worker
 from stream_workers.sink import CellStore
 from tests.worker_support import (
-    StallingStore,
+    DelegatingStore,
     assert_exact,
     committed_offsets,
     fleet_batches,
@@ -138,7 +138,7 @@ async def test_clickhouse_failing_retries_commits_nothing_and_recovers(
     assert_exact(client, first + second)
 
 
-class OverlapProbe(StallingStore):
+class OverlapProbe(DelegatingStore):
     """Holds each cell insert until ``width`` of them are in flight (at most 10 s), then
     lets it reach the real store; ``most`` is the largest number seen in flight."""
 
